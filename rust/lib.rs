@@ -1,0 +1,12 @@
+//! Rust core of s3transfer-stream. Plain Rust modules, tested with `cargo test`;
+//! the Python bindings in `python` are compiled only with the `python` feature
+//! (maturin turns it on), so this crate knows nothing of Kafka, S3 or Python.
+
+pub mod assembler;
+pub mod checksum;
+pub mod chunker;
+pub mod intervals;
+pub mod wire;
+
+#[cfg(feature = "python")]
+mod python;

@@ -1,0 +1,629 @@
+//! The `s3transfer_stream._core` extension: a thin layer over the plain Rust
+//! modules. Byte-heavy calls run with the GIL released; buffers go to Python
+//! through the buffer protocol, never as copies.
+
+use std::ffi::c_int;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyBufferError, PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::{ffi, import_exception};
+use sha2::{Digest, Sha512 as Sha512State};
+
+use crate::assembler::{
+    self, Assembler as RustAssembler, Disposition, Event as RustEvent, Position,
+};
+use crate::checksum;
+use crate::chunker::{ChunkerError, FilePlan};
+use crate::wire::{self, Chunk, ErrorKind, WireError};
+
+import_exception!(s3transfer_stream.errors, ChunkError);
+import_exception!(s3transfer_stream.errors, ChunkHashError);
+import_exception!(s3transfer_stream.errors, ConfigError);
+
+fn wire_error(py: Python<'_>, e: &WireError) -> PyErr {
+    let err = match e.kind {
+        ErrorKind::Malformed => ChunkError::new_err(e.to_string()),
+        ErrorKind::ChunkHash => ChunkHashError::new_err(e.to_string()),
+    };
+    // Structured details for callers that log or register the failure.
+    let value = err.value(py);
+    let _ = value.setattr("field", e.field);
+    let _ = value.setattr("filename", e.filename.clone());
+    err
+}
+
+fn chunker_error(e: ChunkerError) -> PyErr {
+    match e {
+        ChunkerError::Io { .. } => PyOSError::new_err(e.to_string()),
+        ChunkerError::Changed { .. } | ChunkerError::BadChunkIndex { .. } => {
+            PyValueError::new_err(e.to_string())
+        }
+    }
+}
+
+fn digest64<'a>(field: &'static str, b: &'a [u8]) -> PyResult<&'a [u8; 64]> {
+    b.try_into().map_err(|_| {
+        ChunkError::new_err(format!(
+            "{field} must be a 64-byte SHA-512 digest, got {} bytes",
+            b.len()
+        ))
+    })
+}
+
+/// Read-only bytes owned by Rust, shared with Python without copying
+/// (`memoryview(buf)`, `bytes(buf)`, or any API that takes a bytes-like object).
+#[pyclass(frozen, module = "s3transfer_stream._core")]
+pub struct Buffer {
+    data: Arc<Vec<u8>>,
+}
+
+#[pymethods]
+impl Buffer {
+    fn __len__(&self) -> usize {
+        self.data.len()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<Buffer of {} bytes>", self.data.len())
+    }
+
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
+        if view.is_null() {
+            return Err(PyBufferError::new_err("buffer view is null"));
+        }
+        if (flags & ffi::PyBUF_WRITABLE) == ffi::PyBUF_WRITABLE {
+            return Err(PyBufferError::new_err(
+                "s3transfer_stream buffers are read-only",
+            ));
+        }
+        let data: &[u8] = &slf.get().data;
+        // SAFETY: `view` is a valid Py_buffer supplied by CPython. The bytes live
+        // in an Arc owned by `slf`, which the view keeps alive through `obj`,
+        // and they are never mutated after the Buffer is created.
+        unsafe {
+            (*view).buf = data.as_ptr() as *mut std::ffi::c_void;
+            (*view).len = data.len() as isize;
+            (*view).readonly = 1;
+            (*view).itemsize = 1;
+            (*view).format = if (flags & ffi::PyBUF_FORMAT) == ffi::PyBUF_FORMAT {
+                c"B".as_ptr() as *mut _
+            } else {
+                std::ptr::null_mut()
+            };
+            (*view).ndim = 1;
+            (*view).shape = if (flags & ffi::PyBUF_ND) == ffi::PyBUF_ND {
+                &mut (*view).len
+            } else {
+                std::ptr::null_mut()
+            };
+            (*view).strides = if (flags & ffi::PyBUF_STRIDES) == ffi::PyBUF_STRIDES {
+                &mut (*view).itemsize
+            } else {
+                std::ptr::null_mut()
+            };
+            (*view).suboffsets = std::ptr::null_mut();
+            (*view).internal = std::ptr::null_mut();
+            (*view).obj = slf.into_any().into_ptr();
+        }
+        Ok(())
+    }
+}
+
+fn buffer(py: Python<'_>, data: Arc<Vec<u8>>) -> PyResult<Py<Buffer>> {
+    Py::new(py, Buffer { data })
+}
+
+/// One decoded chunk message (a copy of its fields, for tests and tools; the
+/// consumer's hot path never builds these).
+#[pyclass(frozen, get_all, module = "s3transfer_stream._core")]
+pub struct DecodedChunk {
+    filename: String,
+    file_hash: Py<PyBytes>,
+    chunk_hash: Py<PyBytes>,
+    chunk_offset_write: u64,
+    chunk_i: u64,
+    n_total_chunks: u64,
+    subdir_str: String,
+    filename_append: String,
+    data: Py<PyBytes>,
+    file_mtime: Option<f64>,
+    n_fields: u8,
+    rel_path: String,
+    rel_output_path: String,
+}
+
+#[pyfunction]
+#[pyo3(signature = (value, *, verify = true))]
+fn decode_chunk(py: Python<'_>, value: &[u8], verify: bool) -> PyResult<DecodedChunk> {
+    let decoded = py.detach(|| {
+        if verify {
+            wire::decode(value)
+        } else {
+            wire::decode_unverified(value)
+        }
+    });
+    let c = decoded.map_err(|e| wire_error(py, &e))?;
+    Ok(DecodedChunk {
+        filename: c.filename.to_owned(),
+        file_hash: PyBytes::new(py, c.file_hash).unbind(),
+        chunk_hash: PyBytes::new(py, c.chunk_hash).unbind(),
+        chunk_offset_write: c.chunk_offset_write,
+        chunk_i: c.chunk_i,
+        n_total_chunks: c.n_total_chunks,
+        subdir_str: c.subdir_str.to_owned(),
+        filename_append: c.filename_append.to_owned(),
+        data: PyBytes::new(py, c.data).unbind(),
+        file_mtime: c.file_mtime,
+        n_fields: if c.file_mtime.is_some() { 10 } else { 9 },
+        rel_path: c.rel_path(),
+        rel_output_path: c.rel_output_path(),
+    })
+}
+
+#[pyfunction]
+#[pyo3(signature = (filename, file_hash, chunk_hash, chunk_offset_write, chunk_i, n_total_chunks,
+                    subdir_str, filename_append, data, file_mtime = None))]
+#[allow(clippy::too_many_arguments)]
+fn encode_chunk<'py>(
+    py: Python<'py>,
+    filename: &str,
+    file_hash: &[u8],
+    chunk_hash: &[u8],
+    chunk_offset_write: u64,
+    chunk_i: u64,
+    n_total_chunks: u64,
+    subdir_str: &str,
+    filename_append: &str,
+    data: &[u8],
+    file_mtime: Option<f64>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let chunk = Chunk {
+        filename,
+        file_hash: digest64("file_hash", file_hash)?,
+        chunk_hash: digest64("chunk_hash", chunk_hash)?,
+        chunk_offset_write,
+        chunk_i,
+        n_total_chunks,
+        subdir_str,
+        filename_append,
+        data,
+        file_mtime,
+    };
+    let out = py.detach(|| wire::encode(&chunk));
+    Ok(PyBytes::new(py, &out))
+}
+
+#[pyfunction]
+fn message_key(subdir_str: &str, filename: &str, chunk_i: u64, n_total_chunks: u64) -> String {
+    wire::message_key(subdir_str, filename, chunk_i, n_total_chunks)
+}
+
+#[pyfunction]
+fn key_prefix(subdir_str: &str, filename: &str) -> String {
+    wire::key_prefix(subdir_str, filename)
+}
+
+#[pyfunction]
+fn parse_message_key(key: &str) -> Option<(String, u64, u64)> {
+    wire::parse_message_key(key).map(|(p, i, n)| (p.to_owned(), i, n))
+}
+
+#[pyfunction]
+fn sha512<'py>(py: Python<'py>, data: &[u8]) -> Bound<'py, PyBytes> {
+    let d = py.detach(|| checksum::sha512(data));
+    PyBytes::new(py, &d)
+}
+
+#[pyfunction]
+fn crc64nvme(py: Python<'_>, data: &[u8]) -> u64 {
+    py.detach(|| checksum::crc64nvme(data))
+}
+
+/// Incremental SHA-512, for re-reading an object in pieces.
+#[pyclass(module = "s3transfer_stream._core")]
+pub struct Sha512 {
+    state: Sha512State,
+}
+
+#[pymethods]
+impl Sha512 {
+    #[new]
+    fn new() -> Self {
+        Self {
+            state: Sha512State::new(),
+        }
+    }
+
+    fn update(&mut self, py: Python<'_>, data: &[u8]) {
+        let state = &mut self.state;
+        py.detach(|| state.update(data));
+    }
+
+    fn digest<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.state.clone().finalize())
+    }
+}
+
+#[pyclass(frozen, get_all, module = "s3transfer_stream._core")]
+pub struct FileInfo {
+    instance: u64,
+    rel_path: String,
+    rel_output_path: String,
+    filename: String,
+    n_chunks: u64,
+    file_hash: Py<PyBytes>,
+    file_mtime: Option<f64>,
+}
+
+#[pymethods]
+impl FileInfo {
+    fn __repr__(&self) -> String {
+        format!(
+            "<FileInfo #{} {:?} ({} chunks)>",
+            self.instance, self.rel_output_path, self.n_chunks
+        )
+    }
+}
+
+fn file_info(py: Python<'_>, f: &assembler::FileInfo) -> PyResult<Py<FileInfo>> {
+    Py::new(
+        py,
+        FileInfo {
+            instance: f.instance,
+            rel_path: f.rel_path.clone(),
+            rel_output_path: f.rel_output_path.clone(),
+            filename: f.filename.clone(),
+            n_chunks: f.n_chunks,
+            file_hash: PyBytes::new(py, &f.file_hash).unbind(),
+            file_mtime: f.mtime,
+        },
+    )
+}
+
+/// Something the assembler wants the pipeline to act on. `kind` is one of
+/// `started`, `part`, `complete`, `failed`, `superseded`, `rejected`.
+#[pyclass(frozen, get_all, module = "s3transfer_stream._core")]
+pub struct Event {
+    kind: &'static str,
+    file: Option<Py<FileInfo>>,
+    part_number: u32,
+    data: Option<Py<Buffer>>,
+    size: u64,
+    crc64nvme: u64,
+    parts: u32,
+    pins: Vec<(i32, i64)>,
+    reason: String,
+    hash_mismatch: bool,
+    partition: i32,
+    offset: i64,
+    error: Option<PyErr>,
+}
+
+impl Event {
+    fn blank(kind: &'static str) -> Self {
+        Self {
+            kind,
+            file: None,
+            part_number: 0,
+            data: None,
+            size: 0,
+            crc64nvme: 0,
+            parts: 0,
+            pins: Vec::new(),
+            reason: String::new(),
+            hash_mismatch: false,
+            partition: -1,
+            offset: -1,
+            error: None,
+        }
+    }
+
+    fn from_rust(py: Python<'_>, e: RustEvent) -> PyResult<Self> {
+        Ok(match e {
+            RustEvent::Started(f) => Self {
+                file: Some(file_info(py, &f)?),
+                ..Self::blank("started")
+            },
+            RustEvent::Superseded { file } => Self {
+                file: Some(file_info(py, &file)?),
+                ..Self::blank("superseded")
+            },
+            RustEvent::Part {
+                file,
+                number,
+                data,
+                crc64nvme,
+            } => Self {
+                file: Some(file_info(py, &file)?),
+                part_number: number,
+                size: data.len() as u64,
+                data: Some(buffer(py, data)?),
+                crc64nvme,
+                ..Self::blank("part")
+            },
+            RustEvent::Complete {
+                file,
+                size,
+                single,
+                crc64nvme,
+                parts,
+                pins,
+            } => Self {
+                file: Some(file_info(py, &file)?),
+                data: single.map(|b| buffer(py, b)).transpose()?,
+                size,
+                crc64nvme,
+                parts,
+                pins,
+                ..Self::blank("complete")
+            },
+            RustEvent::Failed {
+                file,
+                reason,
+                hash_mismatch,
+                pins,
+            } => Self {
+                file: Some(file_info(py, &file)?),
+                reason,
+                hash_mismatch,
+                pins,
+                ..Self::blank("failed")
+            },
+            RustEvent::Rejected { position, error } => Self {
+                reason: error.to_string(),
+                partition: position.partition,
+                offset: position.offset,
+                error: Some(wire_error(py, &error)),
+                ..Self::blank("rejected")
+            },
+        })
+    }
+}
+
+#[pymethods]
+impl Event {
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let name = self
+            .file
+            .as_ref()
+            .map(|f| f.get().rel_output_path.clone())
+            .unwrap_or_default();
+        let _ = py;
+        format!("<Event {} {:?}>", self.kind, name)
+    }
+}
+
+/// Reassembles files from chunk messages; shared by all consumer threads.
+#[pyclass(frozen, module = "s3transfer_stream._core")]
+pub struct Assembler {
+    inner: RustAssembler,
+}
+
+#[pymethods]
+impl Assembler {
+    #[new]
+    #[pyo3(signature = (part_size = 8 << 20))]
+    fn new(part_size: u64) -> PyResult<Self> {
+        RustAssembler::new(part_size)
+            .map(|inner| Self { inner })
+            .map_err(ConfigError::new_err)
+    }
+
+    /// An assembler with parts smaller than S3 allows, for tests of part logic.
+    #[staticmethod]
+    fn _with_tiny_parts(part_size: u64) -> Self {
+        Self {
+            inner: RustAssembler::with_any_part_size(part_size),
+        }
+    }
+
+    #[getter]
+    fn part_size(&self) -> u64 {
+        self.inner.part_size()
+    }
+
+    /// Feeds a batch of messages: confluent-kafka `Message` objects or
+    /// `(partition, offset, value)` tuples. Returns `(events, n_stored)`, where
+    /// `n_stored` counts messages that were usable chunks (new or duplicate).
+    fn add_messages(
+        &self,
+        py: Python<'_>,
+        messages: Vec<Bound<'_, PyAny>>,
+    ) -> PyResult<(Vec<Event>, usize)> {
+        let mut owned: Vec<(Position, Option<Bound<'_, PyBytes>>)> =
+            Vec::with_capacity(messages.len());
+        for m in &messages {
+            let (partition, offset, value): (i32, i64, Bound<'_, PyAny>) =
+                if let Ok(t) = m.cast::<PyTuple>() {
+                    t.extract()?
+                } else {
+                    (
+                        m.call_method0("partition")?.extract()?,
+                        m.call_method0("offset")?.extract()?,
+                        m.call_method0("value")?,
+                    )
+                };
+            let value = if value.is_none() {
+                None
+            } else {
+                Some(value.cast_into::<PyBytes>()?)
+            };
+            owned.push((Position { partition, offset }, value));
+        }
+        let borrowed: Vec<(Position, Option<&[u8]>)> = owned
+            .iter()
+            .map(|(p, v)| (*p, v.as_ref().map(|b| b.as_bytes())))
+            .collect();
+        let inner = &self.inner;
+        let (events, stored) = py.detach(|| {
+            let mut events = Vec::new();
+            let mut stored = 0usize;
+            for (pos, value) in borrowed {
+                let d = match value {
+                    Some(v) => inner.add(pos, v, &mut events),
+                    None => {
+                        events.push(RustEvent::Rejected {
+                            position: pos,
+                            error: WireError {
+                                kind: ErrorKind::Malformed,
+                                field: "message",
+                                filename: None,
+                                detail: "has no value".to_owned(),
+                            },
+                        });
+                        Disposition::Rejected
+                    }
+                };
+                if d != Disposition::Rejected {
+                    stored += 1;
+                }
+            }
+            (events, stored)
+        });
+        let events = events
+            .into_iter()
+            .map(|e| Event::from_rust(py, e))
+            .collect::<PyResult<_>>()?;
+        Ok((events, stored))
+    }
+
+    /// Per partition, the lowest offset still needed by an unfinished file.
+    fn pinned_offsets<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (p, o) in self.inner.pinned_offsets() {
+            d.set_item(p, o)?;
+        }
+        Ok(d)
+    }
+
+    fn drop_partitions(&self, py: Python<'_>, partitions: Vec<i32>) -> PyResult<Vec<Py<FileInfo>>> {
+        self.inner
+            .drop_partitions(&partitions)
+            .iter()
+            .map(|f| file_info(py, f))
+            .collect()
+    }
+
+    /// `(file, chunks received, bytes buffered)` for every unfinished file.
+    fn in_progress(&self, py: Python<'_>) -> PyResult<Vec<(Py<FileInfo>, u64, u64)>> {
+        self.inner
+            .in_progress()
+            .iter()
+            .map(|(f, c, b)| Ok((file_info(py, f)?, *c, *b)))
+            .collect()
+    }
+}
+
+/// Cuts one file into chunk messages. The constructor reads and hashes the
+/// whole file (GIL released); `messages` re-reads chunks on demand.
+#[pyclass(frozen, module = "s3transfer_stream._core")]
+pub struct FileChunker {
+    plan: FilePlan,
+    file: File,
+}
+
+#[pymethods]
+impl FileChunker {
+    #[new]
+    #[pyo3(signature = (path, chunk_size = 524_288))]
+    fn new(py: Python<'_>, path: PathBuf, chunk_size: u64) -> PyResult<Self> {
+        if chunk_size == 0 {
+            return Err(ConfigError::new_err(
+                "chunk size must be a positive number of bytes",
+            ));
+        }
+        py.detach(|| {
+            let file = File::open(&path).map_err(|source| ChunkerError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            Ok(Self {
+                plan: FilePlan::new(&path, chunk_size)?,
+                file,
+            })
+        })
+        .map_err(chunker_error)
+    }
+
+    #[getter]
+    fn size(&self) -> u64 {
+        self.plan.size
+    }
+
+    #[getter]
+    fn n_chunks(&self) -> u64 {
+        self.plan.n_chunks()
+    }
+
+    #[getter]
+    fn chunk_size(&self) -> u64 {
+        self.plan.chunk_size
+    }
+
+    #[getter]
+    fn file_mtime(&self) -> f64 {
+        self.plan.mtime
+    }
+
+    #[getter]
+    fn file_hash<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.plan.file_hash)
+    }
+
+    /// Encoded messages for chunks `first..first+count` (1-based, clipped to the file).
+    #[pyo3(signature = (first, count, subdir_str, filename, filename_append = ""))]
+    fn messages(
+        &self,
+        py: Python<'_>,
+        first: u64,
+        count: u64,
+        subdir_str: &str,
+        filename: &str,
+        filename_append: &str,
+    ) -> PyResult<Vec<Py<Buffer>>> {
+        let last = (first + count).min(self.plan.n_chunks() + 1);
+        let encoded = py
+            .detach(|| {
+                (first..last)
+                    .map(|i| {
+                        self.plan
+                            .encode_chunk(&self.file, i, subdir_str, filename, filename_append)
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(chunker_error)?;
+        encoded
+            .into_iter()
+            .map(|m| buffer(py, Arc::new(m)))
+            .collect()
+    }
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Buffer>()?;
+    m.add_class::<DecodedChunk>()?;
+    m.add_class::<FileInfo>()?;
+    m.add_class::<Event>()?;
+    m.add_class::<Assembler>()?;
+    m.add_class::<FileChunker>()?;
+    m.add_class::<Sha512>()?;
+    m.add_function(wrap_pyfunction!(decode_chunk, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_chunk, m)?)?;
+    m.add_function(wrap_pyfunction!(message_key, m)?)?;
+    m.add_function(wrap_pyfunction!(key_prefix, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_message_key, m)?)?;
+    m.add_function(wrap_pyfunction!(sha512, m)?)?;
+    m.add_function(wrap_pyfunction!(crc64nvme, m)?)?;
+    m.add("MIN_PART_SIZE", assembler::MIN_PART_SIZE)?;
+    m.add("MAX_PARTS", assembler::MAX_PARTS)?;
+    Ok(())
+}
