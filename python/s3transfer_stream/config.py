@@ -1,0 +1,419 @@
+"""Config files in OpenMSIStream's format (``reference/openmsistream-compat.md`` §7).
+
+A config file is a ``configparser`` INI file (default ``%`` interpolation, so a
+literal ``%`` is written ``%%``; keys are lowercased) with these sections:
+
+* ``[broker]``: Kafka settings shared by producers and consumers (merged into both);
+* ``[producer]`` and ``[consumer]``: confluent-kafka / librdkafka settings;
+* ``[s3]``: ``access_key_id``, ``secret_key_id``, ``endpoint_url`` and ``region``;
+* anything else (``[heartbeat]``, ``[log]``, ``[kafkacrypto]``...) is kept by name
+  but not used.
+
+A value that starts with ``$`` names environment variables (``$X``, ``${X}``,
+``$X/suffix``) and is expanded; an unset variable is an error that names the
+variable but never shows any value. Values stay strings (confluent-kafka accepts
+them), unlike upstream, which turns ``batch.size = 2000000`` into ``2000000.0``.
+
+Sections listed in ``require`` are checked strictly. Other ``[producer]``,
+``[consumer]`` and ``[s3]`` sections are loaded when they can be and otherwise
+dropped with a warning, so that a producer can use a config whose ``[s3]`` section
+names variables only the stream processor sets (upstream reads sections lazily to
+the same effect). ``[broker]``, which both sides use, is always checked strictly.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+
+from .errors import ConfigError
+
+__all__ = [
+    "CONFIG_DIR_ENV",
+    "PACKAGED_CONFIG_DIR",
+    "UPSTREAM_CONFIG_DIR_ENV",
+    "S3Settings",
+    "TransferConfig",
+    "load_config",
+    "resolve_config_path",
+]
+
+#: Directory searched first for config files given by name.
+CONFIG_DIR_ENV = "S3TRANSFER_STREAM_CONFIG_DIR"
+#: OpenMSIStream's variable for the same purpose, used when ours is not set.
+UPSTREAM_CONFIG_DIR_ENV = "OPENMSISTREAM_CONFIG_FILE_DIR"
+#: The config files shipped with the package.
+PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "config_files"
+
+_KAFKA_SECTIONS = ("broker", "producer", "consumer")
+_S3_KEYS = ("access_key_id", "secret_key_id", "endpoint_url", "region")
+_CREATE_NEW = "create_new"
+
+# The (de)serializer names OpenMSIStream's config files may hold, and the one each key
+# accepts: our own code turns chunks into message bytes and back, so the setting is only
+# checked and then removed from what is handed to confluent-kafka.
+_SERDE_ALLOWED = {
+    "key.serializer": "StringSerializer",
+    "value.serializer": "DataFileChunkSerializer",
+    "key.deserializer": "StringDeserializer",
+    "value.deserializer": "DataFileChunkDeserializer",
+}
+_SERDE_NAMES = frozenset(
+    f"{kind}{suffix}"
+    for kind in ("String", "Integer", "Double", "DataFileChunk")
+    for suffix in ("Serializer", "Deserializer")
+)
+
+# Same variable syntax as os.path.expandvars on POSIX: $name or ${name}.
+_VARIABLE_RE = re.compile(r"\$(\w+|\{[^}]*\})")
+
+# Kafka settings whose values must never be shown (repr of a TransferConfig).
+_SECRET_KEY_PARTS = ("password", "secret", "sasl.username", "ssl.key.pem", "credentials")
+
+
+# --------------------------------------------------------------------------- lookup
+
+
+def _config_dirs() -> list[Path]:
+    dirs: list[Path] = []
+    for variable in (CONFIG_DIR_ENV, UPSTREAM_CONFIG_DIR_ENV):
+        value = os.environ.get(variable, "")
+        if value:
+            dirs.append(Path(value).expanduser())
+            break
+    dirs.append(PACKAGED_CONFIG_DIR)
+    return dirs
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """The config file meant by ``name_or_path``.
+
+    An existing file path is used as is. Otherwise a name whose last part has no
+    ``.`` gets ``.config`` appended and is looked up in ``$S3TRANSFER_STREAM_CONFIG_DIR``
+    if set, else in ``$OPENMSISTREAM_CONFIG_FILE_DIR`` if set, and then in the
+    package's ``config_files`` directory.
+    """
+    if not name_or_path.strip():
+        raise ConfigError("no config file given (the name is empty)")
+    given = Path(name_or_path).expanduser()
+    if given.is_file():
+        return given.resolve()
+    searched = [given]
+    name = name_or_path if "." in PurePath(name_or_path).name else f"{name_or_path}.config"
+    for directory in _config_dirs():
+        candidate = directory / name
+        if candidate.is_file():
+            return candidate.resolve()
+        if candidate not in searched:
+            searched.append(candidate)
+    env_note = ", ".join(
+        f"${variable} is {'set' if os.environ.get(variable) else 'not set'}"
+        for variable in (CONFIG_DIR_ENV, UPSTREAM_CONFIG_DIR_ENV)
+    )
+    raise ConfigError(
+        f"config file {name_or_path!r} not found; looked for "
+        + ", ".join(str(path) for path in searched)
+        + f" ({env_note})"
+    )
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True, repr=False)
+class S3Settings:
+    """How to reach the S3 server (the bucket comes from the command line).
+
+    ``repr()`` and ``str()`` hide the access key id and the secret.
+    """
+
+    access_key_id: str
+    secret_key_id: str
+    endpoint_url: str
+    region: str
+
+    def __repr__(self) -> str:
+        return (
+            f"S3Settings(access_key_id='***', secret_key_id='***', "
+            f"endpoint_url={self.endpoint_url!r}, region={self.region!r})"
+        )
+
+    def __str__(self) -> str:
+        return self.__repr__()
+
+    @classmethod
+    def from_section(cls, values: Mapping[str, str], source: Path) -> S3Settings:
+        """Settings from the (expanded) ``[s3]`` section of the config file ``source``."""
+        missing = [key for key in _S3_KEYS if key not in values]
+        if missing:
+            raise ConfigError(
+                f"{source}: [s3] has no {', '.join(missing)} (it needs {', '.join(_S3_KEYS)})"
+            )
+        endpoint = values["endpoint_url"].strip()
+        if not endpoint:
+            raise ConfigError(f"{source}: [s3] endpoint_url is empty")
+        if "://" not in endpoint:
+            endpoint = f"https://{endpoint}"
+        return cls(
+            access_key_id=values["access_key_id"],
+            secret_key_id=values["secret_key_id"],
+            endpoint_url=endpoint,
+            region=values["region"],
+        )
+
+
+def _redacted(settings: Mapping[str, str]) -> dict[str, str]:
+    return {
+        key: "***" if any(part in key for part in _SECRET_KEY_PARTS) else value
+        for key, value in settings.items()
+    }
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """A loaded config file.
+
+    ``producer`` and ``consumer`` already include ``[broker]`` (their own keys win),
+    have no ``node_id`` and no (de)serializer keys, and are ready for confluent-kafka
+    (values are strings). ``consumer`` has ``group.id = create_new`` replaced by a fresh
+    UUID and ``auto.offset.reset = none`` removed. ``notes`` lists sections that were
+    not required and could not be loaded. ``fresh_group_id`` is the one UUID that
+    ``create_new`` stands for, in the file and on the command line alike, so every
+    consumer thread of a run joins the same group.
+    """
+
+    path: Path
+    broker: dict[str, str]
+    producer: dict[str, str]
+    consumer: dict[str, str]
+    s3: S3Settings | None
+    sections: frozenset[str]
+    notes: tuple[str, ...] = ()
+    fresh_group_id: str = field(default="", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.fresh_group_id:
+            object.__setattr__(self, "fresh_group_id", str(uuid.uuid1()))
+
+    def __repr__(self) -> str:
+        return (
+            f"TransferConfig(path={self.path!r}, broker={_redacted(self.broker)!r}, "
+            f"producer={_redacted(self.producer)!r}, consumer={_redacted(self.consumer)!r}, "
+            f"s3={self.s3!r}, sections={sorted(self.sections)!r})"
+        )
+
+    def producer_settings(self) -> dict[str, str]:
+        """A copy of the producer settings, for ``confluent_kafka.Producer``."""
+        return dict(self.producer)
+
+    def effective_group_id(self, group_id: str | None = None) -> str:
+        """The consumer group a run uses: ``group_id`` (from the command line) if given,
+        as with OpenMSIStream, else the file's ``group.id``; ``create_new`` (any case)
+        stands for :attr:`fresh_group_id`, the same UUID at every call. Use it to name
+        the registry files too."""
+        if group_id is not None:
+            if not group_id.strip():
+                raise ConfigError("the consumer group id given is empty")
+            return _group_id(group_id, self.fresh_group_id)
+        from_file = self.consumer.get("group.id", "")
+        if not from_file.strip():
+            raise ConfigError(
+                f"no consumer group id: {self.path} sets no group.id in [consumer] or "
+                "[broker] and none was given on the command line"
+            )
+        return from_file
+
+    def consumer_settings(self, group_id: str | None = None) -> dict[str, str]:
+        """A copy of the consumer settings with ``group.id`` set to
+        :meth:`effective_group_id` of ``group_id``."""
+        settings = dict(self.consumer)
+        settings["group.id"] = self.effective_group_id(group_id)
+        return settings
+
+    def warnings(self) -> list[str]:
+        """Things in the file that work but are probably not what the user wants."""
+        found: list[str] = []
+        if "consumer" in self.sections and self.consumer:
+            auto_commit = self.consumer.get("enable.auto.commit")
+            if auto_commit is None or auto_commit.strip().lower() not in ("false", "0"):
+                shown = "missing" if auto_commit is None else f"set to {auto_commit!r}"
+                found.append(
+                    f"enable.auto.commit is not False in [consumer] of {self.path}: it is "
+                    f"{shown}. s3transfer-stream commits offsets itself once files are safely "
+                    "in the bucket; auto-commit may commit the offsets of files not yet "
+                    "stored, so a crash could lose them. Set enable.auto.commit = False."
+                )
+        if "kafkacrypto" in self.sections:
+            found.append(
+                f"[kafkacrypto] in {self.path} is ignored: s3transfer-stream does not "
+                "encrypt or decrypt messages"
+            )
+        found.extend(self.notes)
+        return found
+
+
+def _group_id(value: str, fresh: str) -> str:
+    return fresh if value.strip().lower() == _CREATE_NEW else value
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _expand(value: str, source: Path, section: str, key: str) -> str:
+    """Expand a value that starts with ``$``; every variable it names must be set."""
+    if not value.startswith("$"):
+        return value
+    names = [match.group(1).strip("{}") for match in _VARIABLE_RE.finditer(value)]
+    if not names:
+        raise ConfigError(
+            f"{source}: [{section}] {key} starts with '$' but names no environment variable"
+        )
+    missing = [name for name in names if not name or name not in os.environ]
+    if missing:
+        listed = ", ".join(f"${name}" if name else "${}" for name in missing)
+        raise ConfigError(
+            f"{source}: [{section}] {key} needs the environment variable {listed}, which is not set"
+        )
+    return os.path.expandvars(value)
+
+
+def _section(parser: configparser.ConfigParser, source: Path, section: str) -> dict[str, str]:
+    """The interpolated and expanded values of one section (DEFAULT keys included)."""
+    values: dict[str, str] = {}
+    for key in parser.options(section):
+        try:
+            raw = parser.get(section, key)
+        except configparser.InterpolationMissingOptionError as exc:
+            raise ConfigError(
+                f"{source}: [{section}] {key} refers to %({exc.reference})s, which is not "
+                "defined; write a literal % as %%"
+            ) from None
+        except configparser.InterpolationError:
+            raise ConfigError(
+                f"{source}: [{section}] {key} has a bad % interpolation; write a literal % as %%"
+            ) from None
+        values[key] = _expand(raw, source, section, key)
+    return values
+
+
+def _check_serde(values: Mapping[str, str], source: Path, section: str) -> None:
+    for key, allowed in _SERDE_ALLOWED.items():
+        if key not in values:
+            continue
+        value = values[key].strip()
+        if value == allowed:
+            continue
+        shown = value if value in _SERDE_NAMES else "an unsupported value"
+        raise ConfigError(
+            f"{source}: [{section}] {key} is {shown}; only {allowed} is supported there "
+            f"(message {'keys are text' if key.startswith('key') else 'values are file chunks'}"
+            ", and s3transfer-stream does the (de)serialising itself)"
+        )
+
+
+def _kafka_settings(
+    broker: Mapping[str, str],
+    own: Mapping[str, str],
+    source: Path,
+    section: str,
+    fresh_group_id: str,
+) -> dict[str, str]:
+    _check_serde(own, source, section)
+    merged = {**broker, **own}
+    for key in ("node_id", *_SERDE_ALLOWED):
+        merged.pop(key, None)
+    if section == "consumer":
+        if merged.get("auto.offset.reset", "").strip().lower() == "none":
+            del merged["auto.offset.reset"]
+        if "group.id" in merged:
+            merged["group.id"] = _group_id(merged["group.id"], fresh_group_id)
+    return merged
+
+
+def _read(source: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser()
+    try:
+        with source.open(encoding="utf-8") as handle:
+            parser.read_file(handle, source=str(source))
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read the config file ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: the config file is not UTF-8 text") from None
+    except configparser.MissingSectionHeaderError as exc:
+        raise ConfigError(
+            f"{source}, line {exc.lineno}: a setting comes before the first [section] header"
+        ) from None
+    except configparser.ParsingError as exc:
+        lines = ", ".join(str(lineno) for lineno, _ in exc.errors)
+        raise ConfigError(f"{source}: lines that are not 'key = value': {lines}") from None
+    except configparser.Error as exc:
+        # Duplicate sections/options: the message names them, not their values.
+        raise ConfigError(f"{source}: {exc.message}") from None
+    return parser
+
+
+def load_config(name_or_path: str, *, require: Sequence[str] = ()) -> TransferConfig:
+    """Load the config file ``name_or_path`` (see :func:`resolve_config_path`).
+
+    ``require`` names the sections the caller needs, e.g. ``("producer",)`` or
+    ``("consumer", "s3")``: each must exist and is checked strictly. Raises
+    :class:`ConfigError` naming the file, section, key or variable at fault.
+    """
+    source = resolve_config_path(name_or_path)
+    parser = _read(source)
+    sections = frozenset(parser.sections())
+    required = set(require)
+    missing = sorted(section for section in required if section not in sections)
+    if missing:
+        present = ", ".join(f"[{name}]" for name in sorted(sections)) or "none"
+        raise ConfigError(
+            f"{source}: no {', '.join(f'[{name}]' for name in missing)} section "
+            f"(sections present: {present})"
+        )
+
+    notes: list[str] = []
+    fresh_group_id = str(uuid.uuid1())
+    broker: dict[str, str] = {}
+    if "broker" in sections:
+        broker = _section(parser, source, "broker")
+        _check_serde(broker, source, "broker")
+        broker.pop("node_id", None)
+    broker_for_clients = {k: v for k, v in broker.items() if k not in _SERDE_ALLOWED}
+
+    kafka: dict[str, dict[str, str]] = {}
+    for section in _KAFKA_SECTIONS[1:]:
+        try:
+            own = _section(parser, source, section) if section in sections else {}
+            kafka[section] = _kafka_settings(
+                broker_for_clients, own, source, section, fresh_group_id
+            )
+        except ConfigError as exc:
+            if section in required:
+                raise
+            notes.append(f"[{section}] not loaded (not needed here): {exc}")
+            kafka[section] = {}
+
+    s3: S3Settings | None = None
+    if "s3" in sections:
+        try:
+            s3 = S3Settings.from_section(_section(parser, source, "s3"), source)
+        except ConfigError as exc:
+            if "s3" in required:
+                raise
+            notes.append(f"[s3] not loaded (not needed here): {exc}")
+
+    return TransferConfig(
+        path=source,
+        broker=broker_for_clients,
+        producer=kafka["producer"],
+        consumer=kafka["consumer"],
+        s3=s3,
+        sections=sections,
+        notes=tuple(notes),
+        fresh_group_id=fresh_group_id,
+    )

@@ -1,0 +1,596 @@
+"""Registry CSV files: format compatible with OpenMSIStream, atomic, never stale, exact merges."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from s3transfer_stream import registry as reg
+from s3transfer_stream.registry import (
+    DataclassTable,
+    InProgressRow,
+    ProcessedRow,
+    ProducerRegistry,
+    RegistryError,
+    StreamRegistry,
+    UploadInProgressRow,
+    read_table,
+)
+
+T0 = datetime(2025, 1, 6, 11, 47, 37)
+STAMP = "'Mon Jan 06, 2025 at 11:47:37'"
+IN_PROGRESS_HEADER = "filename;rel_filepath;status;n_chunks;first_message;most_recent_message"
+PROCESSED_HEADER = "filename;rel_filepath;n_chunks;first_message;processed_at"
+
+TRICKY_NAMES = [
+    "it's;odd.dat",
+    'double"quote.dat',
+    "both'\"quotes.dat",
+    "back\\slash.dat",
+    "ünïcødé · 数据 🚀.dat",
+    " leading and trailing spaces .dat",
+    "tab\there.dat",
+    "new\nline.dat",
+    "undecodable-\udcff.dat",  # what os.listdir gives for a non-UTF-8 byte on Linux
+    "semi;colon;s.dat",
+]
+
+
+@pytest.fixture
+def frozen_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reg, "_now", lambda: T0)
+
+
+def _bytes(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def _data_lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").split("\n")[1:]
+
+
+def _leftover_temp_files(directory: Path) -> list[str]:
+    return [p.name for p in directory.iterdir() if p.name.endswith(".tmp")]
+
+
+# --------------------------------------------------------------------------- format
+
+
+def test_exact_bytes_of_in_progress_file(tmp_path: Path, frozen_now: None) -> None:
+    registry = StreamRegistry(tmp_path, "topic", "grp")
+    registry.register_in_progress("sub/dir/x.dat", "x.dat", 381)
+    registry.register_failed("a/it's;odd.dat", "it's;odd.dat", 2)
+    registry.register_failed("top.dat", "top.dat", 1, status="mismatched_hash")
+
+    path = tmp_path / "consuming_from_topic_by_grp_in_progress.csv"
+    assert registry.paths.in_progress == path
+    expected = (
+        f"{IN_PROGRESS_HEADER}\n"
+        f"'x.dat';'sub/dir/x.dat';'in_progress';381;{STAMP};{STAMP}\n"
+        f'"""it\'s;odd.dat""";"""a/it\'s;odd.dat""";\'failed\';2;{STAMP};{STAMP}\n'
+        f"'top.dat';'top.dat';'mismatched_hash';1;{STAMP};{STAMP}"
+    ).encode()
+    assert _bytes(path) == expected
+    assert not _bytes(path).endswith(b"\n")
+    registry.close()
+
+
+def test_exact_bytes_of_producer_in_progress_and_completed(
+    tmp_path: Path, frozen_now: None
+) -> None:
+    registry = ProducerRegistry(tmp_path, "up")
+    registry.register_chunk_delivered("d/x.dat", "x.dat", 5, 4)
+    registry.register_chunk_delivered("d/x.dat", "x.dat", 5, 1)
+    registry.register_chunk_delivered("y.dat", "y.dat", 2, 2)
+    registry.flush()
+    in_progress = tmp_path / "upload_to_up_in_progress.csv"
+    assert (
+        _bytes(in_progress)
+        == (
+            "filename;rel_filepath;n_chunks;n_chunks_delivered;n_chunks_to_send;started;"
+            "chunks_delivered;chunks_to_send\n"
+            f"'x.dat';'d/x.dat';5;2;3;{STAMP};{{1, 4}};{{2, 3, 5}}\n"
+            f"'y.dat';'y.dat';2;1;1;{STAMP};{{2}};{{1}}"
+        ).encode()
+    )
+    registry.register_chunk_delivered("y.dat", "y.dat", 2, 1)
+    completed = tmp_path / "uploaded_to_up.csv"
+    assert (
+        _bytes(completed)
+        == (
+            f"filename;rel_filepath;n_chunks;started;completed\n'y.dat';'y.dat';2;{STAMP};{STAMP}"
+        ).encode()
+    )
+    assert _data_lines(in_progress) == [f"'x.dat';'d/x.dat';5;2;3;{STAMP};{{1, 4}};{{2, 3, 5}}"]
+    registry.close()
+
+
+def test_empty_set_is_written_as_set_call(tmp_path: Path, frozen_now: None) -> None:
+    registry = ProducerRegistry(tmp_path, "up")
+    registry.register_started("z.dat", "z.dat", 2)
+    assert _data_lines(registry.paths.in_progress) == [
+        f"'z.dat';'z.dat';2;0;2;{STAMP};set();{{1, 2}}"
+    ]
+    registry.close()
+
+
+def test_reads_file_in_upstream_format(tmp_path: Path) -> None:
+    # Bytes as OpenMSIStream 1.8.x's DataclassTable writes them (written by hand here),
+    # including the Windows-only "sep=;" first line, CRLF line ends and a backslash
+    # that upstream's own reader would not unescape.
+    upstream = (
+        "sep=;\r\n"
+        f"{IN_PROGRESS_HEADER}\r\n"
+        f"'x.dat';'sub/dir/x.dat';'in_progress';381;{STAMP};'Mon Jan 06, 2025 at 11:47:40'\r\n"
+        f'"""it\'s;odd.dat""";"""a/it\'s;odd.dat""";\'failed\';2;{STAMP};{STAMP}\r\n'
+        f'"\'q""uote.dat\'";"\'q""uote.dat\'";\'failed\';1;{STAMP};{STAMP}\r\n'
+        f"'b\u00e4ck\\\\slash.dat';'b\u00e4ck\\\\slash.dat';'mismatched_hash';1;{STAMP};{STAMP}"
+    )
+    legacy = tmp_path / "consuming_from_topic_in_progress_by_grp.csv"
+    legacy.write_bytes(upstream.encode("utf-8"))
+    rows = {row.rel_filepath.as_posix(): row for row in read_table(InProgressRow, legacy)}
+    assert rows["sub/dir/x.dat"] == InProgressRow(
+        "x.dat", Path("sub/dir/x.dat"), "in_progress", 381, T0, datetime(2025, 1, 6, 11, 47, 40)
+    )
+    assert rows["a/it's;odd.dat"].filename == "it's;odd.dat"
+    assert rows['q"uote.dat'].status == "failed"
+    assert rows["b\u00e4ck\\slash.dat"].filename == "b\u00e4ck\\slash.dat"
+
+    registry = StreamRegistry(tmp_path, "topic", "grp")
+    assert registry.rerun_paths() == sorted(rows)
+    registry.close()
+
+
+def test_reads_upstream_producer_sets(tmp_path: Path) -> None:
+    path = tmp_path / "upload_to_up_in_progress.csv"
+    path.write_bytes(
+        (
+            "filename;rel_filepath;n_chunks;n_chunks_delivered;n_chunks_to_send;started;"
+            "chunks_delivered;chunks_to_send\n"
+            f"'x.dat';'x.dat';5;2;3;{STAMP};{{1, 4}};{{2, 3, 5}}\n"
+            f"'y.dat';'y.dat';1;0;1;{STAMP};set();{{1}}"
+        ).encode()
+    )
+    registry = ProducerRegistry(tmp_path, "up")
+    assert registry.chunks_to_send("x.dat") == {2, 3, 5}
+    assert registry.chunks_to_send("y.dat") == {1}
+    assert registry.chunks_to_send("unknown.dat") == set()
+    rows = registry.in_progress_rows()
+    assert rows[0].chunks_delivered == {1, 4}
+    assert rows[1].chunks_delivered == set()
+    registry.close()
+
+
+def test_wrong_header_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "consuming_from_topic_by_grp_in_progress.csv"
+    path.write_text("filename;rel_filepath;status\n'x';'x';'failed'", encoding="utf-8")
+    with pytest.raises(RegistryError, match=rf"{re.escape(str(path))}, line 1: the header"):
+        StreamRegistry(tmp_path, "topic", "grp")
+    assert path.read_text(encoding="utf-8").startswith("filename;rel_filepath;status\n")
+
+
+def test_wrong_cell_count_names_line(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text(f"{PROCESSED_HEADER}\n'a';'a';1;{STAMP};{STAMP}\n'b';'b';1", encoding="utf-8")
+    with pytest.raises(RegistryError, match=r"t\.csv, line 3: 3 cells, expected 5"):
+        read_table(ProcessedRow, path)
+
+
+def test_tricky_names_round_trip(tmp_path: Path) -> None:
+    registry = StreamRegistry(tmp_path, "topic", "grp")
+    for i, name in enumerate(TRICKY_NAMES):
+        registry.register_in_progress(f"dir {i}/{name}", name, i + 1)
+    registry.register_processed(f"done/{TRICKY_NAMES[0]}", TRICKY_NAMES[0], 3)
+    registry.close()
+
+    reopened = StreamRegistry(tmp_path, "topic", "grp")
+    rows = reopened.in_progress_rows()
+    assert [row.filename for row in rows] == TRICKY_NAMES
+    by_path = {row.rel_filepath.as_posix(): row for row in rows}
+    for i, name in enumerate(TRICKY_NAMES):
+        assert by_path[f"dir {i}/{name}"].filename == name
+        assert by_path[f"dir {i}/{name}"].n_chunks == i + 1
+    processed = reopened.processed_rows()
+    assert [(row.filename, row.rel_filepath.as_posix()) for row in processed] == [
+        (TRICKY_NAMES[0], f"done/{TRICKY_NAMES[0]}")
+    ]
+    reopened.close()
+    # The file itself is valid UTF-8 and has exactly one line per row (newlines escaped).
+    text = (tmp_path / "consuming_from_topic_by_grp_in_progress.csv").read_text(encoding="utf-8")
+    assert len(text.split("\n")) == 1 + len(TRICKY_NAMES)
+
+
+# --------------------------------------------------------------------------- stream registry
+
+
+def test_legacy_upstream_in_progress_name_is_read_once(tmp_path: Path, frozen_now: None) -> None:
+    legacy = tmp_path / "consuming_from_topic_in_progress_by_grp.csv"
+    legacy_bytes = (
+        f"{IN_PROGRESS_HEADER}\n'x.dat';'sub/x.dat';'failed';4;{STAMP};{STAMP}\n"
+        f"'top.dat';'top.dat';'in_progress';1;{STAMP};{STAMP}"
+    ).encode()
+    legacy.write_bytes(legacy_bytes)
+    old = time.time() - 60
+    os.utime(legacy, (old, old))
+
+    registry = StreamRegistry(tmp_path, "topic", "grp")
+    assert registry.rerun_paths() == ["sub/x.dat", "top.dat"]
+    ours = tmp_path / "consuming_from_topic_by_grp_in_progress.csv"
+    assert sorted(_data_lines(ours)) == sorted(legacy_bytes.decode().split("\n")[1:])
+    registry.register_processed("sub/x.dat", "x.dat", 4)
+    registry.register_processed("top.dat", "top.dat", 1)
+    registry.close()
+    assert _bytes(legacy) == legacy_bytes  # upstream's file is never touched
+    assert _data_lines(ours) == []
+
+    # Our file is now newer than upstream's: its rows are not merged again.
+    reopened = StreamRegistry(tmp_path, "topic", "grp")
+    assert reopened.rerun_paths() == []
+    assert len(reopened.processed_rows()) == 2
+    reopened.close()
+
+
+def test_rerun_paths_lists_in_progress_and_failed_of_previous_run(tmp_path: Path) -> None:
+    first = StreamRegistry(tmp_path, "topic", "grp")
+    first.register_in_progress("a/b/partial.dat", "partial.dat", 3)
+    first.register_failed("failed.dat", "failed.dat", 2)
+    first.register_in_progress("done.dat", "done.dat", 1)
+    first.register_processed("done.dat", "done.dat", 1)
+    # A crash: no close(); the forced writes are already on disk.
+    second = StreamRegistry(tmp_path, "topic", "grp")
+    assert second.rerun_paths() == ["a/b/partial.dat", "failed.dat"]
+    assert {row.status for row in second.in_progress_rows()} == {"in_progress", "failed"}
+    assert [row.rel_filepath.as_posix() for row in second.processed_rows()] == ["done.dat"]
+    second.close()
+    first.close()
+
+
+def test_failed_row_goes_back_to_in_progress_and_first_message_is_kept(tmp_path: Path) -> None:
+    registry = StreamRegistry(tmp_path, "topic", "grp", flush_interval=0.05)
+    registry.register_failed("x.dat", "x.dat", 2)
+    first = registry.in_progress_rows()[0].first_message
+    time.sleep(0.1)
+    registry.register_in_progress("x.dat", "x.dat", 2)
+    on_disk = read_table(InProgressRow, registry.paths.in_progress)
+    assert [row.status for row in on_disk] == ["in_progress"]
+    registry.register_processed("x.dat", "x.dat", 2)
+    (row,) = registry.processed_rows()
+    assert row.first_message == first
+    assert read_table(InProgressRow, registry.paths.in_progress) == []
+    registry.close()
+
+
+def test_new_in_progress_row_is_written_at_once(tmp_path: Path) -> None:
+    registry = StreamRegistry(tmp_path, "topic", "grp", flush_interval=3600)
+    registry.register_in_progress("x.dat", "x.dat", 2)
+    assert [r.rel_filepath for r in read_table(InProgressRow, registry.paths.in_progress)] == [
+        Path("x.dat")
+    ]
+    registry.close()
+
+
+def test_per_thread_file_rotates_at_1000_rows(tmp_path: Path) -> None:
+    registry = StreamRegistry(tmp_path, "topic", "grp")
+    for i in range(1001):
+        registry.register_processed(f"d/f{i}.dat", f"f{i}.dat", 1)
+    ident = threading.get_ident()
+    current = tmp_path / f"processed_from_topic_by_grp_t{ident}.csv"
+    rotated = [
+        p
+        for p in tmp_path.iterdir()
+        if re.fullmatch(rf"processed_from_topic_by_grp_t{ident}_\d+_\d+\.csv", p.name)
+    ]
+    assert len(rotated) == 1
+    assert len(read_table(ProcessedRow, rotated[0])) == 1000
+    assert [r.filename for r in read_table(ProcessedRow, current)] == ["f1000.dat"]
+    assert len(registry.processed_rows()) == 1001
+
+    registry.close()
+    main = tmp_path / "processed_from_topic_by_grp.csv"
+    assert [r.filename for r in read_table(ProcessedRow, main)] == [
+        f"f{i}.dat" for i in range(1001)
+    ]
+    assert registry.per_thread_files() == []
+    assert not current.exists() and not rotated[0].exists()
+
+
+def test_consolidation_does_not_touch_other_topics_or_groups(tmp_path: Path) -> None:
+    line = f"'o.dat';'o.dat';1;{STAMP};{STAMP}"
+    others = {
+        "processed_from_test2_by_grp_t1.csv",  # topic with our topic as prefix
+        "processed_from_test2_by_grp.csv",
+        "processed_from_test_by_grp2_t1.csv",  # group with our group as prefix
+        "processed_from_test_by_grp_tx.csv",  # not a thread file name
+        "processed_from_test_by_grp_t1_extra.csv",
+    }
+    for name in others:
+        (tmp_path / name).write_text(f"{PROCESSED_HEADER}\n{line}", encoding="utf-8")
+    before = {name: _bytes(tmp_path / name) for name in others}
+    # Leftovers of a crashed run of *our* topic and group: a current and a rotated file.
+    (tmp_path / "processed_from_test_by_grp_t77.csv").write_text(
+        f"{PROCESSED_HEADER}\n'a.dat';'a.dat';1;{STAMP};{STAMP}", encoding="utf-8"
+    )
+    (tmp_path / "processed_from_test_by_grp_t77_1736160457_123456.csv").write_text(
+        f"{PROCESSED_HEADER}\n'b.dat';'b.dat';1;{STAMP};{STAMP}", encoding="utf-8"
+    )
+
+    registry = StreamRegistry(tmp_path, "test", "grp")
+    main = tmp_path / "processed_from_test_by_grp.csv"
+    assert sorted(r.filename for r in read_table(ProcessedRow, main)) == ["a.dat", "b.dat"]
+    assert not (tmp_path / "processed_from_test_by_grp_t77.csv").exists()
+    assert not (tmp_path / "processed_from_test_by_grp_t77_1736160457_123456.csv").exists()
+    registry.register_processed("c.dat", "c.dat", 1)
+    registry.close()
+    assert sorted(r.filename for r in read_table(ProcessedRow, main)) == ["a.dat", "b.dat", "c.dat"]
+    assert {name: _bytes(tmp_path / name) for name in others} == before
+
+
+def test_file_processed_twice_gives_two_rows(tmp_path: Path) -> None:
+    registry = StreamRegistry(tmp_path, "topic", "grp")
+    for _ in range(2):
+        registry.register_in_progress("sub/x.dat", "x.dat", 3)
+        registry.register_processed("sub/x.dat", "x.dat", 3)
+    registry.close()
+    again = StreamRegistry(tmp_path, "topic", "grp")
+    again.register_processed("sub/x.dat", "x.dat", 3)
+    again.close()
+    rows = read_table(ProcessedRow, tmp_path / "processed_from_topic_by_grp.csv")
+    assert [r.rel_filepath.as_posix() for r in rows] == ["sub/x.dat"] * 3
+
+
+def test_processed_rows_from_several_threads_before_consolidation(tmp_path: Path) -> None:
+    registry = StreamRegistry(tmp_path, "topic", "grp")
+
+    def work(i: int) -> None:
+        registry.register_processed(f"t{i}.dat", f"t{i}.dat", 1)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    files = registry.per_thread_files()
+    assert len(files) == 3
+    assert sorted(r.filename for p in files for r in read_table(ProcessedRow, p)) == [
+        "t0.dat",
+        "t1.dat",
+        "t2.dat",
+    ]
+    assert sorted(r.filename for r in registry.processed_rows()) == ["t0.dat", "t1.dat", "t2.dat"]
+    registry.close()
+
+
+# --------------------------------------------------------------------------- atomicity, staleness
+
+
+def test_failed_replace_leaves_old_content_intact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = StreamRegistry(tmp_path, "topic", "grp")
+    registry.register_in_progress("x.dat", "x.dat", 2)
+    path = registry.paths.in_progress
+    before = _bytes(path)
+
+    def broken_replace(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    registry.register_failed("y.dat", "y.dat", 1)  # forced write fails: logged, kept dirty
+    assert _bytes(path) == before
+    assert _leftover_temp_files(tmp_path) == []
+    with pytest.raises(OSError, match="No space left"):
+        registry.flush()
+    assert _bytes(path) == before
+
+    monkeypatch.undo()
+    registry.flush()
+    assert sorted(r.filename for r in read_table(InProgressRow, path)) == ["x.dat", "y.dat"]
+    registry.close()
+
+
+def test_failed_write_of_temp_file_leaves_old_content(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "table.csv"
+    table: DataclassTable[ProcessedRow] = DataclassTable(ProcessedRow, path)
+    table.add(ProcessedRow("a.dat", Path("a.dat"), 1, T0, T0))
+    table.write()
+    before = _bytes(path)
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError(5, "I/O error")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    table.add(ProcessedRow("b.dat", Path("b.dat"), 1, T0, T0))
+    with pytest.raises(OSError, match="I/O error"):
+        table.write()
+    assert _bytes(path) == before
+    assert _leftover_temp_files(tmp_path) == []
+    assert table.dirty
+
+
+def test_copy_while_writing_is_always_a_complete_table(tmp_path: Path) -> None:
+    registry = StreamRegistry(tmp_path, "topic", "grp")
+    path = registry.paths.in_progress
+    stop = threading.Event()
+    bad: list[str] = []
+
+    def copier() -> None:
+        while not stop.is_set():
+            try:
+                text = path.read_bytes().decode("utf-8")
+            except FileNotFoundError:
+                bad.append("missing")
+                continue
+            if not text.startswith(IN_PROGRESS_HEADER):
+                bad.append(text[:80])
+            else:
+                read_table(InProgressRow, path)  # parses completely
+
+    thread = threading.Thread(target=copier)
+    thread.start()
+    try:
+        for i in range(200):
+            registry.register_in_progress(f"f{i}.dat", f"f{i}.dat", 2)
+    finally:
+        stop.set()
+        thread.join()
+    assert bad == []
+    assert len(read_table(InProgressRow, path)) == 200
+    registry.close()
+
+
+def test_timer_flushes_throttled_changes(tmp_path: Path) -> None:
+    interval = 0.2
+    registry = StreamRegistry(tmp_path, "topic", "grp", flush_interval=interval)
+    registry.register_failed("x.dat", "x.dat", 2)  # forced write
+    registry.register_in_progress("x.dat", "x.dat", 2)  # throttled: too soon after the write
+    path = registry.paths.in_progress
+
+    time.sleep(3 * interval)  # no timer yet: nothing else writes
+    assert [r.status for r in read_table(InProgressRow, path)] == ["failed"]
+
+    registry.start()
+    deadline = time.monotonic() + 10 * interval
+    while time.monotonic() < deadline:
+        if [r.status for r in read_table(InProgressRow, path)] == ["in_progress"]:
+            break
+        time.sleep(interval / 4)
+    assert [r.status for r in read_table(InProgressRow, path)] == ["in_progress"]
+    timer_threads = [t for t in threading.enumerate() if t.name == "registry-flush-topic"]
+    assert len(timer_threads) == 1 and timer_threads[0].daemon
+    registry.close()
+    assert not timer_threads[0].is_alive()
+
+
+def test_close_writes_pending_changes(tmp_path: Path) -> None:
+    registry = StreamRegistry(tmp_path, "topic", "grp", flush_interval=3600)
+    registry.register_failed("x.dat", "x.dat", 2)
+    registry.register_in_progress("x.dat", "x.dat", 2)
+    registry.close()
+    assert [r.status for r in read_table(InProgressRow, registry.paths.in_progress)] == [
+        "in_progress"
+    ]
+
+
+def test_thread_safety_smoke(tmp_path: Path) -> None:
+    registry = StreamRegistry(tmp_path, "topic", "grp", flush_interval=0.01)
+    registry.start()
+    n_threads, n_files = 8, 40
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            for i in range(n_files):
+                rel = f"t{t}/f{i}.dat"
+                for _ in range(3):
+                    registry.register_in_progress(rel, f"f{i}.dat", 3)
+                if i % 10 == 0:
+                    registry.register_failed(rel, f"f{i}.dat", 3)
+                    registry.register_in_progress(rel, f"f{i}.dat", 3)
+                registry.register_processed(rel, f"f{i}.dat", 3)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(n_threads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    expected = sorted(f"t{t}/f{i}.dat" for t in range(n_threads) for i in range(n_files))
+    on_disk = [
+        r.rel_filepath.as_posix()
+        for p in registry.per_thread_files()
+        for r in read_table(ProcessedRow, p)
+    ]
+    assert sorted(on_disk) == expected
+    registry.close()
+    assert read_table(InProgressRow, registry.paths.in_progress) == []
+    main = read_table(ProcessedRow, registry.paths.processed)
+    assert sorted(r.rel_filepath.as_posix() for r in main) == expected
+    assert registry.per_thread_files() == []
+
+
+def test_names_with_path_separators_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(RegistryError, match="group id"):
+        StreamRegistry(tmp_path, "topic", "a/b")
+    with pytest.raises(RegistryError, match="topic"):
+        ProducerRegistry(tmp_path, "..")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- producer registry
+
+
+def test_producer_registry_completes_and_resumes(tmp_path: Path) -> None:
+    registry = ProducerRegistry(tmp_path, "up")
+    registry.register_started("d/x.dat", "x.dat", 4)
+    for chunk in (3, 1):
+        registry.register_chunk_delivered("d/x.dat", "x.dat", 4, chunk)
+    registry.register_chunk_delivered("d/x.dat", "x.dat", 4, 3)  # duplicate ack
+    assert registry.chunks_to_send("d/x.dat") == {2, 4}
+    assert not registry.is_completed("d/x.dat")
+    registry.close()  # as after a stop in the middle of the upload
+
+    resumed = ProducerRegistry(tmp_path, "up")
+    (row,) = resumed.in_progress_rows()
+    assert (row.n_chunks_delivered, row.n_chunks_to_send) == (2, 2)
+    assert row.chunks_delivered == {1, 3}
+    assert resumed.chunks_to_send("d/x.dat") == {2, 4}
+    resumed.register_started("d/x.dat", "x.dat", 4)  # same version: progress kept
+    assert resumed.chunks_to_send("d/x.dat") == {2, 4}
+    resumed.register_chunk_delivered("d/x.dat", "x.dat", 4, 4)
+    resumed.register_chunk_delivered("d/x.dat", "x.dat", 4, 2)
+    assert resumed.is_completed("d/x.dat")
+    assert resumed.chunks_to_send("d/x.dat") == set()
+    assert read_table(UploadInProgressRow, resumed.paths.in_progress) == []
+    (done,) = read_table(reg.UploadedRow, resumed.paths.completed)
+    assert (done.filename, done.rel_filepath, done.n_chunks) == ("x.dat", Path("d/x.dat"), 4)
+    assert done.started == row.started
+
+    # The file changes and is uploaded again: a second completed row.
+    resumed.register_started("d/x.dat", "x.dat", 2)
+    assert not resumed.is_completed("d/x.dat")
+    resumed.register_chunk_delivered("d/x.dat", "x.dat", 2, 1)
+    resumed.register_chunk_delivered("d/x.dat", "x.dat", 2, 2)
+    resumed.close()
+    rows = read_table(reg.UploadedRow, tmp_path / "uploaded_to_up.csv")
+    assert [(r.rel_filepath.as_posix(), r.n_chunks) for r in rows] == [
+        ("d/x.dat", 4),
+        ("d/x.dat", 2),
+    ]
+
+
+def test_producer_registry_merges_upstream_per_producer_files(tmp_path: Path) -> None:
+    header = "filename;rel_filepath;n_chunks;started;completed"
+    (tmp_path / "uploaded_to_up_p7f3a9c2b1d40.csv").write_text(
+        f"{header}\n'a.dat';'a.dat';1;{STAMP};{STAMP}", encoding="utf-8"
+    )
+    (tmp_path / "uploaded_to_up_p7f3a9c2b1d40_1736160457_5.csv").write_text(
+        f"{header}\n'b.dat';'s/b.dat';2;{STAMP};{STAMP}", encoding="utf-8"
+    )
+    other = tmp_path / "uploaded_to_up2_p7f3a9c2b1d40.csv"
+    other.write_text(f"{header}\n'c.dat';'c.dat';1;{STAMP};{STAMP}", encoding="utf-8")
+    registry = ProducerRegistry(tmp_path, "up")
+    assert registry.is_completed("a.dat") and registry.is_completed("s/b.dat")
+    assert not registry.is_completed("c.dat")
+    rows = read_table(reg.UploadedRow, tmp_path / "uploaded_to_up.csv")
+    assert sorted(r.filename for r in rows) == ["a.dat", "b.dat"]
+    assert not (tmp_path / "uploaded_to_up_p7f3a9c2b1d40.csv").exists()
+    assert other.exists()
+    registry.close()
+
+
+def test_producer_registry_chunk_index_checked(tmp_path: Path) -> None:
+    registry = ProducerRegistry(tmp_path, "up")
+    with pytest.raises(ValueError, match="chunk_i 0"):
+        registry.register_chunk_delivered("x.dat", "x.dat", 3, 0)
+    registry.close()
+    assert read_table(UploadInProgressRow, registry.paths.in_progress) == []
+    assert read_table(reg.UploadedRow, registry.paths.completed) == []
