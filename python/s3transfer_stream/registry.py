@@ -59,6 +59,7 @@ __all__ = [
     "UploadInProgressRow",
     "UploadedRow",
     "format_timestamp",
+    "parse_table",
     "parse_timestamp",
     "read_table",
     "render_table",
