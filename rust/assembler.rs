@@ -232,6 +232,16 @@ impl Assembler {
         let chunk = match wire::decode(message) {
             Ok(c) => c,
             Err(error) => {
+                // A chunk whose data fails its hash still tells us which file it
+                // belongs to: that file can never be completed correctly from
+                // this log position, so it fails as a whole rather than hanging.
+                if error.kind == wire::ErrorKind::ChunkHash {
+                    if let Ok(chunk) = wire::decode_unverified(message) {
+                        if self.fail_file_of(pos, &chunk, &error, out) {
+                            return Disposition::Rejected;
+                        }
+                    }
+                }
                 out.push(Event::Rejected {
                     position: pos,
                     error,
@@ -240,6 +250,39 @@ impl Assembler {
             }
         };
         self.add_chunk(pos, &chunk, out)
+    }
+
+    /// Fails the file a corrupted chunk belongs to; false if the chunk is not
+    /// part of a current file instance (a redelivery or a stale generation).
+    fn fail_file_of(
+        &self,
+        pos: Position,
+        chunk: &Chunk<'_>,
+        error: &WireError,
+        out: &mut Vec<Event>,
+    ) -> bool {
+        let rel_path = chunk.rel_path();
+        let Ok(file) = self.lookup(&rel_path, pos, chunk, out) else {
+            return false;
+        };
+        let mut fa = lock(&file);
+        if fa.retired || compare_generation(&fa.info, chunk) != Generation::Same {
+            return false;
+        }
+        let _ = fa.chunks.insert(chunk.chunk_i, chunk.chunk_i + 1);
+        let pin = fa
+            .pins
+            .entry(pos.partition)
+            .or_insert((pos.offset, pos.offset));
+        pin.0 = pin.0.min(pos.offset);
+        pin.1 = pin.1.max(pos.offset);
+        drop(fa);
+        let reason = format!(
+            "chunk {}/{} is corrupted ({})",
+            chunk.chunk_i, chunk.n_total_chunks, error.detail
+        );
+        self.fail(&file, reason, false, out);
+        true
     }
 
     pub fn add_chunk(&self, pos: Position, chunk: &Chunk<'_>, out: &mut Vec<Event>) -> Disposition {
@@ -960,28 +1003,86 @@ mod tests {
     }
 
     #[test]
-    fn corrupted_chunk_is_rejected_and_names_the_file() {
+    fn corrupted_chunk_fails_its_file_and_later_chunks_are_ignored() {
         let asm = Assembler::with_any_part_size(100);
         let msgs = chunks_of("bad.dat", "", &content(50, 5), 10, 1.0);
-        let mut m = msgs[2].bytes.clone();
-        let last = m.len() - 12;
-        m[last] ^= 0xff; // inside the data field
         let mut events = Vec::new();
+        asm.add(
+            Position {
+                partition: 0,
+                offset: 0,
+            },
+            &msgs[0].bytes,
+            &mut events,
+        );
+        let mut m = msgs[1].bytes.clone();
+        let last = m.len() - 12;
+        m[last] ^= 0xff;
         assert_eq!(
             asm.add(
                 Position {
                     partition: 0,
-                    offset: 0
+                    offset: 1
                 },
                 &m,
                 &mut events
             ),
             Disposition::Rejected
         );
-        match &events[0] {
-            Event::Rejected { error, .. } => {
-                assert_eq!(error.kind, wire::ErrorKind::ChunkHash);
-                assert!(error.to_string().contains("bad.dat"));
+        for (i, msg) in msgs.iter().enumerate().skip(2) {
+            let d = asm.add(
+                Position {
+                    partition: 0,
+                    offset: i as i64,
+                },
+                &msg.bytes,
+                &mut events,
+            );
+            assert_eq!(d, Disposition::Stale);
+        }
+        let failed = events
+            .iter()
+            .filter(|e| matches!(e, Event::Failed { .. }))
+            .count();
+        assert_eq!(failed, 1);
+        assert!(!events.iter().any(|e| matches!(e, Event::Complete { .. })));
+        assert!(asm.pinned_offsets().is_empty());
+    }
+
+    #[test]
+    fn corrupted_first_chunk_fails_the_file_and_truncated_messages_are_rejected() {
+        let asm = Assembler::with_any_part_size(100);
+        let msgs = chunks_of("bad.dat", "", &content(50, 5), 10, 1.0);
+        let mut m = msgs[2].bytes.clone();
+        let last = m.len() - 12;
+        m[last] ^= 0xff; // inside the data field
+        let mut events = Vec::new();
+        let d = asm.add(
+            Position {
+                partition: 0,
+                offset: 0,
+            },
+            &m,
+            &mut events,
+        );
+        assert_eq!(d, Disposition::Rejected);
+        assert!(events.iter().any(|e| matches!(e,
+            Event::Failed { file, reason, .. } if file.filename == "bad.dat" && reason.contains("chunk 3/5 is corrupted"))));
+        let mut events = Vec::new();
+        let d = asm.add(
+            Position {
+                partition: 0,
+                offset: 1,
+            },
+            &msgs[0].bytes[..40],
+            &mut events,
+        );
+        assert_eq!(d, Disposition::Rejected);
+        match &events[..] {
+            [Event::Rejected { error, position }] => {
+                assert_eq!(error.kind, wire::ErrorKind::Malformed);
+                assert_eq!(position.offset, 1);
+                assert!(error.to_string().contains("bad.dat"), "{error}");
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -1,0 +1,247 @@
+"""``S3TransferStreamProcessor``: reads file chunks from a topic and stores each
+reassembled, validated file in an S3 bucket under ``<topic>/<subdir>/<file>``."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import uuid
+from pathlib import Path
+from typing import TextIO
+
+from ..config import load_config
+from ..console import Console
+from ..errors import ConfigError, S3TransferStreamError, TransferError
+from ..logs import parse_level, setup_logging
+from ..pipeline import MiB, ProcessorOptions, S3TransferStreamProcessor
+from ..s3 import VALIDATE_CHOICES, ObjectStore, check_bucket, make_client
+
+PROGRAM = "S3TransferStreamProcessor"
+DEFAULT_OUTPUT_DIR = f"./{PROGRAM}_output"
+#: Characters OpenMSIStream refuses in a bucket name; we refuse the same.
+BAD_BUCKET_CHARS = set(" `#%&{}\\/<>*?$!'\":@+|=")
+
+
+def bucket_name(value: str) -> str:
+    bad = sorted(BAD_BUCKET_CHARS.intersection(value))
+    if not value or bad:
+        raise argparse.ArgumentTypeError(
+            f"bucket name {value!r} is empty or contains characters S3 does not allow: {' '.join(bad)}"
+        )
+    return value
+
+
+def positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be a positive integer")
+    return n
+
+
+def regex(value: str) -> re.Pattern[str]:
+    try:
+        return re.compile(value)
+    except re.error as err:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a valid regular expression: {err}") from None
+
+
+def level(value: str) -> int:
+    try:
+        return parse_level(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROGRAM,
+        description=(
+            "Consume OpenMSIStream file chunks from a Kafka topic, reassemble and verify each "
+            "file (chunk and whole-file SHA-512), and upload it to s3://<bucket>/<topic>/<subdir>/<file>. "
+            "Offsets are committed only once every file they cover is validated in the bucket, so "
+            "stopping or crashing never loses a file. Type 'check' (c) for status and 'quit' (q) to stop; "
+            "SIGINT and SIGTERM also stop cleanly."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("bucket_name", type=bucket_name, help="name of the S3 bucket to upload files into")
+    p.add_argument(
+        "--config",
+        default="local",
+        help="config file path, or name of a packaged config ('local' reads the broker and S3 "
+        "settings from LOCAL_KAFKA_BROKER_BOOTSTRAP_SERVERS, ACCESS_KEY_ID, SECRET_KEY_ID, "
+        "ENDPOINT_URL and REGION); needs [broker], [consumer] and [s3] sections",
+    )
+    p.add_argument("--topic_name", default="test", help="topic to consume file chunks from")
+    p.add_argument(
+        "--consumer_topic_name",
+        default=None,
+        help="same as --topic_name (kept for OpenMSIStream compatibility); wins if both are given",
+    )
+    p.add_argument("--producer_topic_name", default=None, help="accepted for OpenMSIStream compatibility; unused")
+    p.add_argument(
+        "--consumer_group_id",
+        default="create_new",
+        help="consumer group id; 'create_new' makes a new group each run (reads the topic from the "
+        "start); reuse a group id to resume where the last run stopped and retry its failed files. "
+        "Overrides group.id from the config file",
+    )
+    p.add_argument("--n_threads", type=positive_int, default=2, help="number of consumer threads")
+    p.add_argument(
+        "--mode",
+        choices=("memory", "disk", "both"),
+        default="memory",
+        help="accepted for OpenMSIStream compatibility: files always stream to S3 in bounded memory "
+        "and are never written to the output directory",
+    )
+    p.add_argument(
+        "--output_dir",
+        type=Path,
+        default=Path(DEFAULT_OUTPUT_DIR),
+        help="directory for the log file and the registry CSV files (in its LOGS/ folder); created if missing",
+    )
+    p.add_argument(
+        "--download_regex",
+        type=regex,
+        default=None,
+        help="only transfer files whose relative path (subdir/filename) matches this regular expression",
+    )
+    p.add_argument(
+        "--update_seconds",
+        type=int,
+        default=300,
+        help="log a '.' line this often while running, to show the program is alive (-1 disables)",
+    )
+    p.add_argument(
+        "--validate",
+        choices=VALIDATE_CHOICES,
+        default="checksum",
+        help="how each stored object is checked: 'checksum' compares the checksum the server "
+        "reports for the stored object with ours (the server also verifies it on upload); 'full' "
+        "re-reads every object and compares its SHA-512 with the producer's file hash",
+    )
+    p.add_argument(
+        "--part_size",
+        type=positive_int,
+        default=8,
+        help="multipart part size in MiB (at least 5); files up to this size go as one PUT",
+    )
+    p.add_argument(
+        "--max_parts_in_flight",
+        type=positive_int,
+        default=8,
+        help="parts being uploaded at once; with the part size this bounds the memory used for uploads",
+    )
+    p.add_argument("--logger_stream_level", type=level, default="info", help="log level on stderr")
+    p.add_argument("--logger_file_level", type=level, default="warning", help="log level of the log file")
+    p.add_argument(
+        "--logger_file_path",
+        type=Path,
+        default=None,
+        help="directory for the log file (a path with a suffix means its parent directory); "
+        "default: <output_dir>/LOGS",
+    )
+    for name in ("--heartbeat_topic_name", "--heartbeat_program_id", "--log_topic_name", "--log_program_id"):
+        p.add_argument(name, default=None, help="not supported yet; giving it is an error")
+    for name, default in (("--heartbeat_interval_secs", 900), ("--log_interval_secs", 60)):
+        p.add_argument(name, type=int, default=default, help="not supported yet (heartbeats and log topics)")
+    p.add_argument(
+        "--treat_undecryptable_as_plaintext",
+        action="store_true",
+        help="not supported: encrypted (KafkaCrypto) topics are not supported; giving it is an error",
+    )
+    p.add_argument("--max_wait_per_decrypt", type=float, default=5.0, help="not supported (KafkaCrypto)")
+    p.add_argument("--max_initial_wait_per_decrypt", type=float, default=60.0, help="not supported (KafkaCrypto)")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> ProcessorOptions:
+    unsupported = [
+        name
+        for name in ("heartbeat_topic_name", "heartbeat_program_id", "log_topic_name", "log_program_id")
+        if getattr(args, name)
+    ]
+    if args.treat_undecryptable_as_plaintext:
+        unsupported.append("treat_undecryptable_as_plaintext")
+    if unsupported:
+        raise ConfigError(
+            "these OpenMSIStream options are not supported by s3transfer-stream: "
+            + ", ".join(f"--{n}" for n in unsupported)
+        )
+    if args.part_size < 5:
+        raise ConfigError(f"--part_size {args.part_size} is below S3's minimum part size of 5 MiB")
+    group = args.consumer_group_id
+    if group.lower() == "create_new":
+        group = str(uuid.uuid1())
+    return ProcessorOptions(
+        bucket=args.bucket_name,
+        topic=args.consumer_topic_name or args.topic_name,
+        group_id=group,
+        output_dir=args.output_dir.resolve(),
+        n_threads=args.n_threads,
+        part_size=args.part_size * MiB,
+        max_parts_in_flight=args.max_parts_in_flight,
+        validate=args.validate,
+        download_regex=args.download_regex,
+    )
+
+
+def main(argv: list[str] | None = None, *, stdin: TextIO | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        options = options_from_args(args)
+    except ConfigError as err:
+        print(f"{PROGRAM}: error: {err}", file=sys.stderr)
+        return 2
+    options.output_dir.mkdir(parents=True, exist_ok=True)
+    logs_dir = options.output_dir / "LOGS"
+    if args.logger_file_path is not None:
+        lp: Path = args.logger_file_path
+        logs_dir = lp.parent if lp.suffix else lp
+    log = setup_logging(
+        PROGRAM, logs_dir, stream_level=args.logger_stream_level, file_level=args.logger_file_level
+    )
+    if args.mode != "memory":
+        log.info(f"--mode {args.mode}: files stream to S3 in bounded memory; nothing is written to disk")
+    try:
+        config = load_config(args.config, require=("broker", "consumer", "s3"))
+        if "kafkacrypto" in config.sections:
+            raise ConfigError(
+                f"{config.path} has a [kafkacrypto] section: encrypted topics are not supported"
+            )
+        assert config.s3 is not None
+        client = make_client(config.s3, max_connections=options.max_parts_in_flight + 8)
+        check_bucket(client, options.bucket)
+        from ..kafka import partition_count
+
+        partition_count(config.consumer_settings(options.group_id), options.topic)
+    except ConfigError as err:
+        log.error(str(err))
+        return 2
+    except (TransferError, S3TransferStreamError) as err:
+        log.error(str(err))
+        return 1
+    store = ObjectStore(client, options.bucket, validate=options.validate)
+    processor = S3TransferStreamProcessor(config, options, store)
+    console = Console(processor.on_check, alive_seconds=args.update_seconds, stdin=stdin)
+    console.start()
+    processor.start()
+
+    def watch() -> None:
+        if processor.stop.is_set():
+            console.request_stop("a consumer thread stopped")
+
+    try:
+        console.run_until_stopped(tick=watch)
+    finally:
+        processor.shutdown()
+        console.restore_signals()
+    return 1 if processor._thread_errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,515 @@
+"""The consumer pipeline: Kafka messages in, validated objects in the bucket out.
+
+Consumer threads (one confluent-kafka consumer each, same group) poll batches
+and hand the raw messages to the Rust assembler, which decodes, verifies and
+reassembles them with the GIL released. What comes back are events: a file
+started, a part is ready, a file is complete or failed. Parts are uploaded by a
+pool as soon as they are ready; completed files are finished (multipart
+completed, or one PUT), validated against the bucket, recorded in the registry,
+and only then released for the offset commit.
+
+Offset commits follow a low watermark. For each partition we commit
+
+    min(next offset to read, lowest offset of a chunk of a file that is not yet
+        safely in the bucket or recorded as bad)
+
+so a crash, ``kill -9``, broker restart or rebalance never loses a file: the
+next owner re-reads from the watermark, and only from there. A file whose
+*upload* failed (S3 down, bucket not writable) keeps its offsets pinned for the
+rest of the run, so the next run with the same group id reads it again and
+retries. A file whose *data* is bad (a chunk hash or the file hash does not
+match) is recorded as failed and committed past: reading it again cannot help.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from . import _core
+from .config import TransferConfig
+from .errors import TransferError
+from .logs import get_logger
+from .registry import StreamRegistry
+from .s3 import ObjectStore, Validation, describe_client_error
+
+MiB = 1 << 20
+
+
+@dataclass
+class ProcessorOptions:
+    bucket: str
+    topic: str
+    group_id: str
+    output_dir: Path
+    n_threads: int = 2
+    part_size: int = 8 * MiB
+    max_parts_in_flight: int = 8
+    validate: str = "checksum"
+    download_regex: re.Pattern[str] | None = None
+    commit_interval: float = 2.0
+    batch_size: int = 64
+    poll_timeout: float = 0.5
+    shutdown_timeout: float = 120.0
+
+
+@dataclass
+class Stats:
+    messages_read: int = 0
+    messages_processed: int = 0
+    messages_rejected: int = 0
+    files_transferred: int = 0
+    files_failed: int = 0
+    bytes_transferred: int = 0
+    recent: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, **deltas: int) -> None:
+        with self.lock:
+            for k, v in deltas.items():
+                setattr(self, k, getattr(self, k) + v)
+
+    def transferred(self, rel_path: str, size: int) -> None:
+        with self.lock:
+            self.files_transferred += 1
+            self.bytes_transferred += size
+            self.recent.append(rel_path)
+            del self.recent[:-50]
+
+
+@dataclass
+class FileUpload:
+    """Upload state of one file instance (as numbered by the assembler)."""
+
+    info: Any  # _core.FileInfo
+    key: str
+    first_message: datetime
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    upload_id: str | None = None
+    parts: list[Future[dict[str, Any]]] = field(default_factory=list)
+    error: str | None = None
+    ignored: bool = False
+
+
+class Watermarks:
+    """Per-partition commit positions: the low watermark rule of the module docstring."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next: dict[int, int] = {}
+        self._pins: dict[int, list[tuple[int, int]]] = {}
+        self._held: dict[int, list[tuple[int, int]]] = {}
+
+    def consumed(self, partition: int, offset: int) -> None:
+        with self._lock:
+            if offset + 1 > self._next.get(partition, -1):
+                self._next[partition] = offset + 1
+
+    def pin(self, instance: int, pins: list[tuple[int, int]]) -> None:
+        with self._lock:
+            self._pins[instance] = list(pins)
+
+    def unpin(self, instance: int) -> None:
+        with self._lock:
+            self._pins.pop(instance, None)
+
+    def hold(self, instance: int) -> None:
+        """Keeps a failed upload's offsets uncommitted for the rest of the run."""
+        with self._lock:
+            pins = self._pins.pop(instance, None)
+            if pins:
+                self._held[instance] = pins
+
+    def forget(self, partitions: list[int]) -> None:
+        with self._lock:
+            for p in partitions:
+                self._next.pop(p, None)
+
+    def pinned_partitions(self, instance: int) -> set[int]:
+        with self._lock:
+            return {p for p, _ in self._pins.get(instance, [])}
+
+    def commit_positions(self, partitions: set[int], assembler_pins: dict[int, int]) -> dict[int, int]:
+        with self._lock:
+            out: dict[int, int] = {}
+            for p in partitions:
+                if p not in self._next:
+                    continue
+                pos = self._next[p]
+                if p in assembler_pins:
+                    pos = min(pos, assembler_pins[p])
+                for table in (self._pins, self._held):
+                    for pins in table.values():
+                        for pp, off in pins:
+                            if pp == p:
+                                pos = min(pos, off)
+                out[p] = pos
+            return out
+
+
+class S3TransferStreamProcessor:
+    """Consumes a topic of file chunks and stores each file as an object in a bucket."""
+
+    def __init__(self, config: TransferConfig, options: ProcessorOptions, store: ObjectStore) -> None:
+        self.config = config
+        self.options = options
+        self.store = store
+        self.log = get_logger()
+        self.stats = Stats()
+        self.assembler = _core.Assembler(options.part_size)
+        self.watermarks = Watermarks()
+        self.logs_dir = options.output_dir / "LOGS"
+        self.registry = StreamRegistry(self.logs_dir, options.topic, options.group_id)
+        self.stop = threading.Event()
+        self._uploads: dict[int, FileUpload] = {}
+        self._uploads_lock = threading.Lock()
+        self._in_flight = threading.BoundedSemaphore(options.max_parts_in_flight)
+        self._part_pool = ThreadPoolExecutor(options.max_parts_in_flight, thread_name_prefix="s3-part")
+        self._finish_pool = ThreadPoolExecutor(4, thread_name_prefix="s3-finish")
+        self._threads: list[threading.Thread] = []
+        self._thread_errors: list[BaseException] = []
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        o = self.options
+        self.log.info(f"Log files and output will be in {o.output_dir}")
+        self.log.info(f"Will process files from messages in the {o.topic} topic using {o.n_threads} thread(s)")
+        for w in self.config.warnings():
+            self.log.warning(w)
+        self.registry.start()
+        rerun = self.registry.rerun_paths()
+        if rerun:
+            self.log.info(
+                f"{len(rerun)} file(s) were unfinished or failed in an earlier run of group {o.group_id}; "
+                "they are re-read from the committed offsets"
+            )
+        for i in range(o.n_threads):
+            t = threading.Thread(target=self._consume_guarded, args=(i,), name=f"consumer-{i}")
+            t.start()
+            self._threads.append(t)
+        self.log.info(f"Listening to the {o.topic} topic for files to add to the {o.bucket} bucket....")
+
+    def request_stop(self) -> None:
+        self.stop.set()
+
+    def shutdown(self) -> None:
+        """Stops consuming, lets uploads finish, commits, and writes the registry."""
+        self.stop.set()
+        for t in self._threads:
+            t.join()
+        self._finish_pool.shutdown(wait=True)
+        self._part_pool.shutdown(wait=True)
+        with self._uploads_lock:
+            leftovers = list(self._uploads.values())
+            self._uploads.clear()
+        for fu in leftovers:
+            # Unfinished files: their offsets stay uncommitted, so the next run
+            # reads them again; an open multipart upload would only be garbage.
+            if fu.upload_id:
+                self.store.abort_multipart(fu.key, fu.upload_id)
+        self.registry.close()
+        s = self.stats
+        self.log.info(
+            f"{s.messages_read} total messages were consumed, {s.messages_processed} messages were "
+            f"successfully processed, and {s.files_transferred} files were transferred to the "
+            f"{self.options.bucket} bucket"
+        )
+        if s.files_failed:
+            self.log.warning(
+                f"{s.files_failed} file(s) failed; see the in-progress registry in {self.logs_dir}"
+            )
+
+    def alive_threads(self) -> int:
+        return sum(t.is_alive() for t in self._threads)
+
+    def on_check(self) -> None:
+        s = self.stats
+        self.log.info(
+            f"{s.messages_read} messages read, {s.messages_processed} messages processed, "
+            f"{s.files_transferred} files transferred so far"
+        )
+        in_progress = self.assembler.in_progress()
+        with self._uploads_lock:
+            uploading = [fu for fu in self._uploads.values() if fu.info.instance not in {f.instance for f, _, _ in in_progress}]
+        for f, chunks, buffered in in_progress[:50]:
+            self.log.info(f"\t{f.rel_output_path} (in progress: {chunks}/{f.n_chunks} chunks, {buffered} bytes buffered)")
+        for fu in uploading[:50]:
+            self.log.info(f"\t{fu.info.rel_output_path} (uploading)")
+        for p in s.recent[-10:]:
+            self.log.info(f"\t{p} (completed)")
+
+    # -- consumer threads ---------------------------------------------------------
+
+    def _consume_guarded(self, index: int) -> None:
+        try:
+            self._consume(index)
+        except BaseException as err:  # a dead consumer thread must not go unnoticed
+            self._thread_errors.append(err)
+            self.log.error(f"Consumer thread {index} stopped: {type(err).__name__}: {err}", exc_info=True)
+            self.stop.set()
+
+    def _consume(self, index: int) -> None:
+        o = self.options
+        settings = self.config.consumer_settings(o.group_id)
+        settings["enable.auto.commit"] = "false"
+        settings["enable.auto.offset.store"] = "false"
+        settings.setdefault("auto.offset.reset", "earliest")
+        settings.setdefault("queued.max.messages.kbytes", "32768")
+        settings["on_commit"] = self._on_commit
+        settings["error_cb"] = self._on_kafka_error
+        consumer = Consumer(settings)
+        owned: set[int] = set()
+
+        def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
+            owned.update(tp.partition for tp in partitions)
+            self.log.debug(f"consumer {index} assigned partitions {sorted(tp.partition for tp in partitions)}")
+
+        def on_revoke(c: Consumer, partitions: list[TopicPartition]) -> None:
+            revoked = [tp.partition for tp in partitions]
+            self._release_partitions(c, revoked, owned)
+
+        consumer.subscribe([o.topic], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_revoke)
+        last_commit = time.monotonic()
+        try:
+            while not self.stop.is_set():
+                msgs = consumer.consume(num_messages=o.batch_size, timeout=o.poll_timeout)
+                good = []
+                for m in msgs:
+                    err = m.error()
+                    if err is None:
+                        good.append(m)
+                    elif err.code() != KafkaError._PARTITION_EOF:
+                        self.log.error(f"Kafka error while consuming {o.topic}: {err}")
+                if good:
+                    self._handle_batch(good)
+                if time.monotonic() - last_commit >= o.commit_interval:
+                    self._commit(consumer, owned)
+                    last_commit = time.monotonic()
+            self._drain(owned)
+            self._commit(consumer, owned)
+        finally:
+            consumer.close()
+
+    def _handle_batch(self, msgs: list[Any]) -> None:
+        events, n_stored = self.assembler.add_messages(msgs)
+        for m in msgs:
+            self.watermarks.consumed(m.partition(), m.offset())
+        self.stats.add(messages_read=len(msgs), messages_processed=n_stored, messages_rejected=len(msgs) - n_stored)
+        for ev in events:
+            handler = getattr(self, f"_on_{ev.kind}")
+            handler(ev)
+
+    def _commit(self, consumer: Consumer, owned: set[int]) -> None:
+        positions = self.watermarks.commit_positions(owned, dict(self.assembler.pinned_offsets()))
+        if not positions:
+            return
+        offsets = [TopicPartition(self.options.topic, p, off) for p, off in positions.items()]
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as err:
+            if err.args and err.args[0].code() == KafkaError._NO_OFFSET:
+                return
+            self.log.warning(f"Committing offsets of {self.options.topic} failed (will retry): {err}")
+
+    def _drain(self, partitions: set[int], timeout: float | None = None) -> None:
+        """Waits for uploads of files whose chunks sit in ``partitions``."""
+        deadline = time.monotonic() + (self.options.shutdown_timeout if timeout is None else timeout)
+        while time.monotonic() < deadline:
+            with self._uploads_lock:
+                busy = [
+                    fu for fu in self._uploads.values()
+                    if self.watermarks.pinned_partitions(fu.info.instance) & partitions
+                ]
+            if not busy:
+                return
+            time.sleep(0.05)
+        self.log.warning(f"Gave up waiting for {len(busy)} upload(s) to finish; they will be re-read next run")
+
+    def _release_partitions(self, consumer: Consumer, revoked: list[int], owned: set[int]) -> None:
+        self._drain(set(revoked), timeout=30.0)
+        self._commit(consumer, set(revoked) & owned)
+        for info in self.assembler.drop_partitions(revoked):
+            fu = self._pop_upload(info.instance)
+            if fu is not None and fu.upload_id:
+                self._finish_pool.submit(self.store.abort_multipart, fu.key, fu.upload_id)
+        self.watermarks.forget(revoked)
+        owned.difference_update(revoked)
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if err is not None:
+            self.log.warning(f"Offset commit failed: {err}")
+
+    def _on_kafka_error(self, err: KafkaError) -> None:
+        level = self.log.error if err.fatal() else self.log.warning
+        level(f"Kafka: {err.str()}")
+
+    # -- assembler events ---------------------------------------------------------
+
+    def _key(self, info: Any) -> str:
+        return f"{self.options.topic}/{info.rel_output_path}"
+
+    def _get_upload(self, info: Any) -> FileUpload:
+        with self._uploads_lock:
+            fu = self._uploads.get(info.instance)
+            if fu is None:
+                fu = FileUpload(info=info, key=self._key(info), first_message=datetime.now())
+                self._uploads[info.instance] = fu
+            return fu
+
+    def _pop_upload(self, instance: int) -> FileUpload | None:
+        with self._uploads_lock:
+            return self._uploads.pop(instance, None)
+
+    def _on_started(self, ev: Any) -> None:
+        info = ev.file
+        fu = self._get_upload(info)
+        rx = self.options.download_regex
+        if rx is not None and not rx.match(info.rel_path):
+            fu.ignored = True
+            return
+        self.registry.register_in_progress(info.rel_path, info.filename, info.n_chunks)
+
+    def _on_part(self, ev: Any) -> None:
+        fu = self._get_upload(ev.file)
+        if fu.ignored or fu.error:
+            return
+        if fu.upload_id is None:
+            try:
+                fu.upload_id = self.store.start_multipart(fu.key)
+            except Exception as err:
+                fu.error = f"starting the multipart upload failed: {describe_client_error(err)}"
+                return
+        self._in_flight.acquire()
+        try:
+            fut = self._part_pool.submit(self._upload_part, fu, ev.part_number, ev.data, ev.crc64nvme)
+        except BaseException:
+            self._in_flight.release()
+            raise
+        fu.parts.append(fut)
+
+    def _upload_part(self, fu: FileUpload, number: int, data: Any, crc: int) -> dict[str, Any]:
+        try:
+            assert fu.upload_id is not None
+            return self.store.upload_part(fu.key, fu.upload_id, number, data, crc)
+        finally:
+            del data  # the part's memory goes as soon as it is sent
+            self._in_flight.release()
+
+    def _on_complete(self, ev: Any) -> None:
+        fu = self._get_upload(ev.file)
+        self.watermarks.pin(ev.file.instance, ev.pins)
+        if fu.ignored:
+            self._pop_upload(ev.file.instance)
+            self.watermarks.unpin(ev.file.instance)
+            return
+        if ev.data is not None:
+            self._in_flight.acquire()
+            self._part_pool.submit(self._finish_single, fu, ev.data, ev.size, ev.crc64nvme)
+        else:
+            self._finish_pool.submit(self._finish_multipart, fu, ev.size, ev.crc64nvme)
+
+    def _finish_single(self, fu: FileUpload, data: Any, size: int, crc: int) -> None:
+        try:
+            try:
+                sent = self.store.put(fu.key, data, crc64nvme=crc, sha512=fu.info.file_hash)
+            finally:
+                del data
+                self._in_flight.release()
+            self._validated(fu, size, sent, parts=0)
+        except Exception as err:
+            self._upload_failed(fu, f"PUT failed: {describe_client_error(err)}")
+
+    def _finish_multipart(self, fu: FileUpload, size: int, crc: int) -> None:
+        try:
+            wait(fu.parts)
+            errors = [f.exception() for f in fu.parts if f.exception() is not None]
+            if fu.error or errors:
+                reason = fu.error or f"uploading a part failed: {describe_client_error(errors[0])}"  # type: ignore[arg-type]
+                if fu.upload_id:
+                    self.store.abort_multipart(fu.key, fu.upload_id)
+                self._upload_failed(fu, reason)
+                return
+            assert fu.upload_id is not None
+            parts = [f.result() for f in fu.parts]
+            sent = self.store.complete_multipart(fu.key, fu.upload_id, parts, crc)
+            self._validated(fu, size, sent, parts=len(parts))
+        except Exception as err:
+            if fu.upload_id:
+                self.store.abort_multipart(fu.key, fu.upload_id)
+            self._upload_failed(fu, f"completing the multipart upload failed: {describe_client_error(err)}")
+
+    def _validated(self, fu: FileUpload, size: int, sent: dict[str, str], parts: int) -> None:
+        info = fu.info
+        try:
+            v = self.store.validate_object(fu.key, size, sent, info.file_hash)
+        except Exception as err:
+            v = Validation(False, "error", f"could not read back the object: {describe_client_error(err)}")
+        if not v.ok:
+            self._upload_failed(fu, f"validation failed: {v.text}")
+            return
+        self.registry.register_processed(info.rel_path, info.filename, info.n_chunks, fu.first_message)
+        self._pop_upload(info.instance)
+        self.watermarks.unpin(info.instance)
+        self.stats.transferred(info.rel_output_path, size)
+        how = f"{parts} parts" if parts else "single PUT"
+        self.log.info(
+            f"Transferred {info.rel_output_path} -> s3://{self.options.bucket}/{fu.key} "
+            f"({size} bytes, {how}); validated: {v.text}"
+        )
+
+    def _upload_failed(self, fu: FileUpload, reason: str) -> None:
+        info = fu.info
+        self.log.error(f"Failed to transfer {info.rel_output_path} to s3://{self.options.bucket}/{fu.key}: {reason}")
+        self.registry.register_failed(info.rel_path, info.filename, info.n_chunks, status="failed")
+        self._pop_upload(info.instance)
+        self.watermarks.hold(info.instance)
+        self.stats.add(files_failed=1)
+
+    def _on_failed(self, ev: Any) -> None:
+        info = ev.file
+        fu = self._pop_upload(info.instance)
+        if fu is not None and fu.ignored:
+            return
+        if fu is not None and fu.upload_id:
+            self._finish_pool.submit(self.store.abort_multipart, fu.key, fu.upload_id)
+        status = "mismatched_hash" if ev.hash_mismatch else "failed"
+        self.log.error(f"File {info.rel_output_path} cannot be reassembled ({status}): {ev.reason}; nothing was stored")
+        self.registry.register_failed(info.rel_path, info.filename, info.n_chunks, status=status)
+        self.stats.add(files_failed=1)
+
+    def _on_superseded(self, ev: Any) -> None:
+        fu = self._pop_upload(ev.file.instance)
+        self.log.info(f"A newer version of {ev.file.rel_output_path} replaces the one being received")
+        if fu is not None and fu.upload_id:
+            self._finish_pool.submit(self.store.abort_multipart, fu.key, fu.upload_id)
+
+    def _on_rejected(self, ev: Any) -> None:
+        self.log.error(
+            f"Skipping message at {self.options.topic}[{ev.partition}]@{ev.offset}: {ev.reason}"
+        )
+
+
+def run_processor(config: TransferConfig, options: ProcessorOptions, store: ObjectStore) -> S3TransferStreamProcessor:
+    """Builds and starts a processor (the caller stops it with ``shutdown``)."""
+    p = S3TransferStreamProcessor(config, options, store)
+    p.start()
+    return p
+
+
+__all__ = [
+    "ProcessorOptions",
+    "S3TransferStreamProcessor",
+    "Stats",
+    "TransferError",
+    "Watermarks",
+    "run_processor",
+]

@@ -1,0 +1,270 @@
+"""S3 side: the client, uploads of sealed buffers, and validation against the bucket.
+
+Bytes reach boto3 as :class:`BufferReader` objects: a seekable file-like view
+over a Rust-owned buffer, so nothing is copied on the way to the socket and
+botocore can rewind it for a retry. Checksums are computed in Rust over bytes
+whose SHA-512 was already verified, and sent with every PUT and part, so the
+server itself refuses anything that changed on the way; afterwards the checksum
+the server reports for the stored object is compared with ours.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+#: Anything with the buffer protocol (``bytes``, ``memoryview``, ``_core.Buffer``).
+BufferLike = Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from . import _core
+from .config import S3Settings
+from .errors import TransferError
+from .logs import get_logger
+
+#: Validation modes: compare server-reported checksums, or re-read the whole object.
+VALIDATE_CHOICES = ("checksum", "full")
+
+
+def b64_crc64(value: int) -> str:
+    return base64.b64encode(value.to_bytes(8, "big")).decode("ascii")
+
+
+def b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+class BufferReader(io.RawIOBase):
+    """A read-only, seekable stream over a buffer; ``read`` returns zero-copy views."""
+
+    def __init__(self, data: BufferLike) -> None:
+        super().__init__()
+        self._view = memoryview(data).cast("B")
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, min(len(self._view), base + offset))
+        return self._pos
+
+    def read(self, size: int | None = -1) -> memoryview:  # type: ignore[override]
+        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._pos + size)
+        out = self._view[self._pos : end]
+        self._pos = end
+        return out
+
+    def readinto(self, b: Any) -> int:
+        chunk = self.read(len(b))
+        n = len(chunk)
+        b[:n] = chunk
+        return n
+
+
+def make_client(settings: S3Settings, *, max_connections: int = 16) -> Any:
+    """A boto3 S3 client for the configured endpoint.
+
+    Path-style addressing (S3-compatible servers on a host name or IP rarely do
+    virtual hosts). botocore's own default checksums are off because we send our
+    own, computed in Rust; payload signing is off because that would hash every
+    body again in Python (the checksum header protects the bytes instead).
+    Standard retry mode backs off on throttling and 5xx answers.
+    """
+    config = Config(
+        region_name=settings.region,
+        s3={"addressing_style": "path", "payload_signing_enabled": False},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        retries={"mode": "standard", "max_attempts": 8},
+        max_pool_connections=max_connections,
+        connect_timeout=10,
+        read_timeout=120,
+    )
+    session = boto3.session.Session()
+    return session.client(
+        "s3",
+        aws_access_key_id=settings.access_key_id,
+        aws_secret_access_key=settings.secret_key_id,
+        endpoint_url=settings.endpoint_url,
+        config=config,
+    )
+
+
+def describe_client_error(err: Exception) -> str:
+    """A one-line reason for a failed S3 call, with no credentials in it."""
+    if isinstance(err, ClientError):
+        e = err.response.get("Error", {})
+        code = e.get("Code", "?")
+        msg = e.get("Message", "")
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
+        return f"{code} (HTTP {status}){': ' + msg if msg else ''}"
+    if isinstance(err, BotoCoreError):
+        return f"{type(err).__name__}: {err}"
+    return f"{type(err).__name__}: {err}"
+
+
+def check_bucket(client: Any, bucket: str) -> None:
+    """Fails early, with the bucket and endpoint named, if the bucket is not usable."""
+    try:
+        client.head_bucket(Bucket=bucket)
+    except (ClientError, BotoCoreError) as err:
+        endpoint = client.meta.endpoint_url
+        raise TransferError(
+            f"cannot use bucket {bucket!r} at {endpoint}: {describe_client_error(err)}"
+        ) from None
+
+
+@dataclass
+class Validation:
+    """How a stored object was checked; ``text`` is what the console line says."""
+
+    ok: bool
+    method: str
+    text: str
+
+
+class ObjectStore:
+    """Uploads and validates objects in one bucket. Thread-safe."""
+
+    def __init__(self, client: Any, bucket: str, *, validate: str = "checksum") -> None:
+        if validate not in VALIDATE_CHOICES:
+            raise ValueError(f"validate must be one of {VALIDATE_CHOICES}, got {validate!r}")
+        self.client = client
+        self.bucket = bucket
+        self.validate = validate
+        self._lock = threading.Lock()
+        # What this server turned out to support; learnt from its answers.
+        self.sha512_put = True
+        self.reports_checksums = True
+        self._log = get_logger()
+
+    # -- single PUT ---------------------------------------------------------
+
+    def put(self, key: str, data: BufferLike, *, crc64nvme: int, sha512: bytes) -> dict[str, str]:
+        """One PUT. Carries the producer's SHA-512 when the server takes it (then
+        the server itself verifies the producer's hash), else our CRC64NVME."""
+        if self.sha512_put:
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket, Key=key, Body=BufferReader(data), ChecksumSHA512=b64(sha512)
+                )
+                return {"ChecksumSHA512": b64(sha512)}
+            except ClientError as err:
+                if not _unsupported_checksum(err):
+                    raise
+                with self._lock:
+                    if self.sha512_put:
+                        self.sha512_put = False
+                        self._log.info(
+                            "The S3 server does not accept SHA-512 checksums "
+                            f"({describe_client_error(err)}); using CRC64NVME instead"
+                        )
+        self.client.put_object(
+            Bucket=self.bucket, Key=key, Body=BufferReader(data), ChecksumCRC64NVME=b64_crc64(crc64nvme)
+        )
+        return {"ChecksumCRC64NVME": b64_crc64(crc64nvme)}
+
+    # -- multipart -------------------------------------------------------------
+
+    def start_multipart(self, key: str) -> str:
+        r = self.client.create_multipart_upload(
+            Bucket=self.bucket, Key=key, ChecksumAlgorithm="CRC64NVME", ChecksumType="FULL_OBJECT"
+        )
+        return str(r["UploadId"])
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: BufferLike, crc64nvme: int) -> dict[str, Any]:
+        r = self.client.upload_part(
+            Bucket=self.bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=BufferReader(data),
+            ChecksumCRC64NVME=b64_crc64(crc64nvme),
+        )
+        return {"PartNumber": number, "ETag": r["ETag"], "ChecksumCRC64NVME": b64_crc64(crc64nvme)}
+
+    def complete_multipart(self, key: str, upload_id: str, parts: list[dict[str, Any]], crc64nvme: int) -> dict[str, str]:
+        self.client.complete_multipart_upload(
+            Bucket=self.bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": sorted(parts, key=lambda p: int(p["PartNumber"]))},
+            ChecksumCRC64NVME=b64_crc64(crc64nvme),
+            ChecksumType="FULL_OBJECT",
+        )
+        return {"ChecksumCRC64NVME": b64_crc64(crc64nvme)}
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except (ClientError, BotoCoreError) as err:
+            self._log.warning(
+                f"Could not abort the multipart upload of {self.bucket}/{key}: {describe_client_error(err)}"
+            )
+
+    # -- validation ------------------------------------------------------------
+
+    def validate_object(self, key: str, size: int, sent: dict[str, str], sha512: bytes) -> Validation:
+        """Compares what the bucket holds with what we sent and the producer hashed."""
+        if self.validate == "checksum" and self.reports_checksums:
+            head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+            stored_size = int(head.get("ContentLength", -1))
+            if stored_size != size:
+                return Validation(False, "size", f"stored object has {stored_size} bytes, expected {size}")
+            for name, value in sent.items():
+                got = head.get(name)
+                if got is None:
+                    continue
+                algo = name.removeprefix("Checksum")
+                if got == value:
+                    what = "producer's SHA-512" if algo == "SHA512" else f"{algo} full-object checksum"
+                    return Validation(True, algo.lower(), f"{what} confirmed by the server")
+                return Validation(False, algo.lower(), f"server reports {algo} {got}, expected {value}")
+            with self._lock:
+                if self.reports_checksums:
+                    self.reports_checksums = False
+                    self._log.warning(
+                        "The S3 server does not report checksums of stored objects; "
+                        "validating by re-reading each object and comparing its SHA-512 instead"
+                    )
+        return self._validate_full(key, size, sha512)
+
+    def _validate_full(self, key: str, size: int, sha512: bytes) -> Validation:
+        obj = self.client.get_object(Bucket=self.bucket, Key=key)
+        hasher = _core.Sha512()
+        n = 0
+        body = obj["Body"]
+        try:
+            for piece in body.iter_chunks(chunk_size=4 << 20):
+                hasher.update(piece)
+                n += len(piece)
+        finally:
+            body.close()
+        if n != size:
+            return Validation(False, "sha512-reread", f"re-read {n} bytes, expected {size}")
+        if hasher.digest() != sha512:
+            return Validation(False, "sha512-reread", "SHA-512 of the stored object differs from the producer's")
+        return Validation(True, "sha512-reread", "re-read object matches the producer's SHA-512")
+
+
+def _unsupported_checksum(err: ClientError) -> bool:
+    code = str(err.response.get("Error", {}).get("Code", ""))
+    status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in {"InvalidRequest", "NotImplemented", "InvalidArgument", "XAmzContentChecksumMismatch"} or status == 501
