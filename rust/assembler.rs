@@ -52,6 +52,12 @@ pub struct FileInfo {
     pub n_chunks: u64,
     pub file_hash: [u8; 64],
     pub mtime: Option<f64>,
+    /// The same file (same hash and chunk count) was already reassembled from
+    /// earlier in the log: this is either the file produced again or stray
+    /// duplicates of its chunks (a producer retry). Its bytes are already
+    /// accounted for, so it pins no offsets: if it never completes, nothing
+    /// that is not already in the bucket is lost.
+    pub echo: bool,
 }
 
 /// Per partition, the lowest offset of a chunk of the file.
@@ -62,12 +68,7 @@ pub enum Event {
     /// First chunk of a new file instance.
     Started(FileInfo),
     /// A complete part of a file known to need a multipart upload.
-    Part {
-        file: FileInfo,
-        number: u32,
-        data: Buffer,
-        crc64nvme: u64,
-    },
+    Part { file: FileInfo, number: u32, data: Buffer, crc64nvme: u64 },
     /// All chunks arrived and the file hash matched.
     Complete {
         file: FileInfo,
@@ -80,19 +81,11 @@ pub enum Event {
     },
     /// The file cannot be completed from these chunks (hash mismatch, corrupted
     /// or contradictory chunks). Nothing of it may become visible.
-    Failed {
-        file: FileInfo,
-        reason: String,
-        hash_mismatch: bool,
-        pins: Pins,
-    },
+    Failed { file: FileInfo, reason: String, hash_mismatch: bool, pins: Pins },
     /// A newer generation of the file replaced this unfinished one.
     Superseded { file: FileInfo },
     /// The message is not a usable chunk; no file state was touched.
-    Rejected {
-        position: Position,
-        error: WireError,
-    },
+    Rejected { position: Position, error: WireError },
 }
 
 /// What became of one message, for counting.
@@ -177,6 +170,7 @@ struct FileAssembly {
 /// What is remembered of a finished (transferred or failed) file instance.
 struct Finished {
     info: FileInfo,
+    succeeded: bool,
     chunks: IntervalSet,
     max_offsets: BTreeMap<i32, i64>,
 }
@@ -208,19 +202,13 @@ impl Assembler {
                 "part size {part_size} is below S3's minimum part size of {MIN_PART_SIZE} bytes"
             ));
         }
-        Ok(Self {
-            part_size,
-            table: Mutex::new(Table::default()),
-        })
+        Ok(Self { part_size, table: Mutex::new(Table::default()) })
     }
 
     /// Test-only constructor that allows tiny parts.
     #[doc(hidden)]
     pub fn with_any_part_size(part_size: u64) -> Self {
-        Self {
-            part_size: part_size.max(1),
-            table: Mutex::new(Table::default()),
-        }
+        Self { part_size: part_size.max(1), table: Mutex::new(Table::default()) }
     }
 
     pub fn part_size(&self) -> u64 {
@@ -242,10 +230,7 @@ impl Assembler {
                         }
                     }
                 }
-                out.push(Event::Rejected {
-                    position: pos,
-                    error,
-                });
+                out.push(Event::Rejected { position: pos, error });
                 return Disposition::Rejected;
             }
         };
@@ -270,17 +255,12 @@ impl Assembler {
             return false;
         }
         let _ = fa.chunks.insert(chunk.chunk_i, chunk.chunk_i + 1);
-        let pin = fa
-            .pins
-            .entry(pos.partition)
-            .or_insert((pos.offset, pos.offset));
+        let pin = fa.pins.entry(pos.partition).or_insert((pos.offset, pos.offset));
         pin.0 = pin.0.min(pos.offset);
         pin.1 = pin.1.max(pos.offset);
         drop(fa);
-        let reason = format!(
-            "chunk {}/{} is corrupted ({})",
-            chunk.chunk_i, chunk.n_total_chunks, error.detail
-        );
+        let reason =
+            format!("chunk {}/{} is corrupted ({})", chunk.chunk_i, chunk.n_total_chunks, error.detail);
         self.fail(&file, reason, false, out);
         true
     }
@@ -310,15 +290,10 @@ impl Assembler {
                 }
                 Generation::Reset => {
                     fa.retired = true;
-                    out.push(Event::Superseded {
-                        file: fa.info.clone(),
-                    });
+                    out.push(Event::Superseded { file: fa.info.clone() });
                     drop(fa);
                     let mut t = lock(&self.table);
-                    if t.files
-                        .get(&rel_path)
-                        .is_some_and(|f| Arc::ptr_eq(f, &file))
-                    {
+                    if t.files.get(&rel_path).is_some_and(|f| Arc::ptr_eq(f, &file)) {
                         t.files.remove(&rel_path);
                     }
                     continue;
@@ -338,9 +313,9 @@ impl Assembler {
             return match fa.store(pos, chunk, out) {
                 Ok(Stored::Duplicate) => Disposition::Duplicate,
                 Ok(Stored::Partial) => Disposition::Stored,
-                Ok(Stored::Done) => {
+                Ok(Stored::Done(succeeded)) => {
                     drop(fa);
-                    self.retire(&file);
+                    self.retire(&file, succeeded);
                     Disposition::Stored
                 }
                 Err(reason) => {
@@ -365,13 +340,12 @@ impl Assembler {
         if let Some(f) = t.files.get(rel_path) {
             return Ok(Arc::clone(f));
         }
+        let mut echo = false;
         if let Some(done) = t.finished.get_mut(rel_path) {
             match compare_generation(&done.info, chunk) {
                 Generation::Same => {
-                    let redelivered = done
-                        .max_offsets
-                        .get(&pos.partition)
-                        .is_some_and(|&max| pos.offset <= max);
+                    let redelivered =
+                        done.max_offsets.get(&pos.partition).is_some_and(|&max| pos.offset <= max);
                     if redelivered {
                         return Err(Disposition::Duplicate);
                     }
@@ -402,7 +376,10 @@ impl Assembler {
                     return Err(Disposition::Rejected);
                 }
             }
-            t.finished.remove(rel_path);
+            echo = t
+                .finished
+                .remove(rel_path)
+                .is_some_and(|d| d.succeeded && compare_generation(&d.info, chunk) == Generation::Same);
         }
         t.next_instance += 1;
         let info = FileInfo {
@@ -413,6 +390,7 @@ impl Assembler {
             n_chunks: chunk.n_total_chunks,
             file_hash: *chunk.file_hash,
             mtime: chunk.file_mtime,
+            echo,
         };
         out.push(Event::Started(info.clone()));
         let fa = Arc::new(Mutex::new(FileAssembly::new(info, self.part_size, chunk)));
@@ -420,11 +398,12 @@ impl Assembler {
         Ok(fa)
     }
 
-    fn retire(&self, file: &Arc<Mutex<FileAssembly>>) {
+    fn retire(&self, file: &Arc<Mutex<FileAssembly>>, succeeded: bool) {
         let mut fa = lock(file);
         fa.retired = true;
         let done = Finished {
             info: fa.info.clone(),
+            succeeded,
             chunks: std::mem::take(&mut fa.chunks),
             max_offsets: fa.pins.iter().map(|(p, (_, max))| (*p, *max)).collect(),
         };
@@ -435,8 +414,7 @@ impl Assembler {
         if t.files.get(&key).is_some_and(|f| Arc::ptr_eq(f, file)) {
             t.files.remove(&key);
         }
-        t.finished_order
-            .push_back((key.clone(), done.info.instance));
+        t.finished_order.push_back((key.clone(), done.info.instance));
         t.finished.insert(key, done);
         while t.finished_order.len() > FINISHED_MEMORY {
             if let Some((k, inst)) = t.finished_order.pop_front() {
@@ -458,13 +436,8 @@ impl Assembler {
             let fa = lock(file);
             (fa.info.clone(), fa.pin_list())
         };
-        out.push(Event::Failed {
-            file: info,
-            reason,
-            hash_mismatch,
-            pins,
-        });
-        self.retire(file);
+        out.push(Event::Failed { file: info, reason, hash_mismatch, pins });
+        self.retire(file, false);
     }
 
     /// Per partition, the lowest offset still needed by a file being assembled.
@@ -472,7 +445,11 @@ impl Assembler {
         let files: Vec<_> = lock(&self.table).files.values().cloned().collect();
         let mut out = BTreeMap::new();
         for f in files {
-            for (p, (min, _)) in &lock(&f).pins {
+            let fa = lock(&f);
+            if fa.info.echo {
+                continue;
+            }
+            for (p, (min, _)) in &fa.pins {
                 let e = out.entry(*p).or_insert(*min);
                 *e = (*e).min(*min);
             }
@@ -521,16 +498,14 @@ fn output_append(info: &FileInfo) -> &str {
         Some(d) if d > 0 && d + 1 < info.filename.len() => info.filename.split_at(d),
         _ => (info.filename.as_str(), ""),
     };
-    out_name
-        .strip_prefix(stem)
-        .and_then(|rest| rest.strip_suffix(suffix))
-        .unwrap_or("")
+    out_name.strip_prefix(stem).and_then(|rest| rest.strip_suffix(suffix)).unwrap_or("")
 }
 
 enum Stored {
     Duplicate,
     Partial,
-    Done,
+    /// All chunks are in; true when the file hash matched.
+    Done(bool),
 }
 
 impl FileAssembly {
@@ -543,11 +518,7 @@ impl FileAssembly {
             chunk.n_total_chunks.saturating_mul(chunk.data.len() as u64)
         };
         let needed = estimate.div_ceil(MAX_PARTS);
-        let part_size = if needed > min_part_size {
-            needed.div_ceil(1 << 20) << 20
-        } else {
-            min_part_size
-        };
+        let part_size = if needed > min_part_size { needed.div_ceil(1 << 20) << 20 } else { min_part_size };
         Self {
             info,
             part_size,
@@ -574,12 +545,7 @@ impl FileAssembly {
         }
     }
 
-    fn store(
-        &mut self,
-        pos: Position,
-        chunk: &Chunk<'_>,
-        out: &mut Vec<Event>,
-    ) -> Result<Stored, String> {
+    fn store(&mut self, pos: Position, chunk: &Chunk<'_>, out: &mut Vec<Event>) -> Result<Stored, String> {
         let i = chunk.chunk_i;
         let n = self.info.n_chunks;
         if self.chunks.contains(i) {
@@ -603,9 +569,7 @@ impl FileAssembly {
             }
         }
         if self.bytes.insert(start, end).is_err() {
-            return Err(format!(
-                "chunk {i}/{n} (bytes {start}..{end}) overlaps bytes of another chunk"
-            ));
+            return Err(format!("chunk {i}/{n} (bytes {start}..{end}) overlaps bytes of another chunk"));
         }
         if end > 0 && (end - 1) / self.part_size >= MAX_PARTS {
             return Err(format!(
@@ -614,10 +578,7 @@ impl FileAssembly {
             ));
         }
         self.chunks.insert(i, i + 1).expect("checked absent above");
-        let pin = self
-            .pins
-            .entry(pos.partition)
-            .or_insert((pos.offset, pos.offset));
+        let pin = self.pins.entry(pos.partition).or_insert((pos.offset, pos.offset));
         pin.0 = pin.0.min(pos.offset);
         pin.1 = pin.1.max(pos.offset);
 
@@ -628,8 +589,7 @@ impl FileAssembly {
         if !self.chunks.is_exactly(1, n + 1) {
             return Ok(Stored::Partial);
         }
-        self.finish(out)?;
-        Ok(Stored::Done)
+        Ok(Stored::Done(self.finish(out)?))
     }
 
     fn write(&mut self, start: u64, data: &[u8]) {
@@ -665,11 +625,7 @@ impl FileAssembly {
     fn capacity_hint(&self, k: u64, chunk_len: u64) -> usize {
         let upper = match self.total {
             Some(t) => t,
-            None => self
-                .info
-                .n_chunks
-                .saturating_mul(chunk_len)
-                .max(self.bytes.max_end()),
+            None => self.info.n_chunks.saturating_mul(chunk_len).max(self.bytes.max_end()),
         };
         upper.saturating_sub(k * self.part_size).min(self.part_size) as usize
     }
@@ -683,10 +639,7 @@ impl FileAssembly {
             let k = self.hashed_upto / p;
             let local = (self.hashed_upto - k * p) as usize;
             let local_end = (run_end.min((k + 1) * p) - k * p) as usize;
-            let slot = self
-                .parts
-                .get(&k)
-                .expect("bytes in a covered run live in a part");
+            let slot = self.parts.get(&k).expect("bytes in a covered run live in a part");
             self.running.update(&slot.bytes()[local..local_end]);
             self.hashed_upto = k * p + local_end as u64;
         }
@@ -699,12 +652,8 @@ impl FileAssembly {
     }
 
     fn forget_done_parts(&mut self) {
-        let done: Vec<u64> = self
-            .parts
-            .iter()
-            .filter(|(k, s)| s.released && self.part_hashed(**k))
-            .map(|(k, _)| *k)
-            .collect();
+        let done: Vec<u64> =
+            self.parts.iter().filter(|(k, s)| s.released && self.part_hashed(**k)).map(|(k, _)| *k).collect();
         for k in done {
             self.parts.remove(&k);
         }
@@ -737,7 +686,7 @@ impl FileAssembly {
         self.forget_done_parts();
     }
 
-    fn finish(&mut self, out: &mut Vec<Event>) -> Result<(), String> {
+    fn finish(&mut self, out: &mut Vec<Event>) -> Result<bool, String> {
         let total = self.total.expect("the last chunk sets the total");
         if !self.bytes.is_exactly(0, total) || self.hashed_upto != total {
             return Err(format!(
@@ -757,7 +706,7 @@ impl FileAssembly {
                 hash_mismatch: true,
                 pins: self.pin_list(),
             });
-            return Ok(());
+            return Ok(false);
         }
         let single = if total <= self.part_size {
             Some(match self.parts.get_mut(&0) {
@@ -776,7 +725,7 @@ impl FileAssembly {
             parts: self.parts_released,
             pins: self.pin_list(),
         });
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -792,11 +741,8 @@ mod tests {
 
     fn chunks_of(name: &str, subdir: &str, content: &[u8], chunk: usize, mtime: f64) -> Vec<Msg> {
         let fh = sha512(content);
-        let pieces: Vec<&[u8]> = if content.is_empty() {
-            vec![&content[..0]]
-        } else {
-            content.chunks(chunk).collect()
-        };
+        let pieces: Vec<&[u8]> =
+            if content.is_empty() { vec![&content[..0]] } else { content.chunks(chunk).collect() };
         let n = pieces.len() as u64;
         let mut off = 0u64;
         pieces
@@ -817,9 +763,7 @@ mod tests {
                     file_mtime: Some(mtime),
                 };
                 off += data.len() as u64;
-                Msg {
-                    bytes: wire::encode(&c),
-                }
+                Msg { bytes: wire::encode(&c) }
             })
             .collect()
     }
@@ -829,25 +773,13 @@ mod tests {
     fn run(asm: &Assembler, msgs: &[(i32, i64, &[u8])]) -> (BTreeMap<String, Vec<u8>>, Vec<Event>) {
         let mut events = Vec::new();
         for (p, o, m) in msgs {
-            asm.add(
-                Position {
-                    partition: *p,
-                    offset: *o,
-                },
-                m,
-                &mut events,
-            );
+            asm.add(Position { partition: *p, offset: *o }, m, &mut events);
         }
         let mut parts: HashMap<u64, BTreeMap<u32, Buffer>> = HashMap::new();
         let mut objects = BTreeMap::new();
         for e in &events {
             match e {
-                Event::Part {
-                    file,
-                    number,
-                    data,
-                    crc64nvme: c,
-                } => {
+                Event::Part { file, number, data, crc64nvme: c } => {
                     assert_eq!(*c, crc64nvme(data));
                     assert!(parts
                         .entry(file.instance)
@@ -855,23 +787,13 @@ mod tests {
                         .insert(*number, Arc::clone(data))
                         .is_none());
                 }
-                Event::Complete {
-                    file,
-                    size,
-                    single,
-                    crc64nvme: c,
-                    parts: n,
-                    ..
-                } => {
+                Event::Complete { file, size, single, crc64nvme: c, parts: n, .. } => {
                     let bytes = match single {
                         Some(b) => b.to_vec(),
                         None => {
                             let ps = parts.remove(&file.instance).unwrap_or_default();
                             assert_eq!(ps.len() as u32, *n);
-                            assert_eq!(
-                                ps.keys().copied().collect::<Vec<_>>(),
-                                (1..=*n).collect::<Vec<_>>()
-                            );
+                            assert_eq!(ps.keys().copied().collect::<Vec<_>>(), (1..=*n).collect::<Vec<_>>());
                             ps.values().flat_map(|b| b.iter().copied()).collect()
                         }
                     };
@@ -886,9 +808,7 @@ mod tests {
     }
 
     fn content(len: usize, seed: u8) -> Vec<u8> {
-        (0..len)
-            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-            .collect()
+        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
     }
 
     #[test]
@@ -896,11 +816,7 @@ mod tests {
         let asm = Assembler::with_any_part_size(1000);
         let data = content(999, 1);
         let msgs = chunks_of("a.dat", "sub/dir", &data, 100, 1.0);
-        let feed: Vec<_> = msgs
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (0, i as i64, m.bytes.as_slice()))
-            .collect();
+        let feed: Vec<_> = msgs.iter().enumerate().map(|(i, m)| (0, i as i64, m.bytes.as_slice())).collect();
         let (objs, events) = run(&asm, &feed);
         assert_eq!(objs["sub/dir/a.dat"], data);
         assert!(events.iter().all(|e| !matches!(e, Event::Part { .. })));
@@ -914,12 +830,7 @@ mod tests {
         let exact = content(300, 2);
         let exact_msgs = chunks_of("x", "", &exact, 50, 1.0);
         let mut feed = vec![(0, 0, empty[0].bytes.as_slice())];
-        feed.extend(
-            exact_msgs
-                .iter()
-                .enumerate()
-                .map(|(i, m)| (1, i as i64, m.bytes.as_slice())),
-        );
+        feed.extend(exact_msgs.iter().enumerate().map(|(i, m)| (1, i as i64, m.bytes.as_slice())));
         let (objs, _) = run(&asm, &feed);
         assert_eq!(objs["e"], b"");
         assert_eq!(objs["x"], exact);
@@ -930,32 +841,21 @@ mod tests {
         let asm = Assembler::with_any_part_size(100);
         let data = content(250, 3);
         let msgs = chunks_of("r", "", &data, 64, 1.0);
-        let mut feed: Vec<_> = msgs
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (0, i as i64, m.bytes.as_slice()))
-            .collect();
+        let mut feed: Vec<_> =
+            msgs.iter().enumerate().map(|(i, m)| (0, i as i64, m.bytes.as_slice())).collect();
         // Redelivery at the same offsets: dropped.
-        feed.extend(
-            msgs.iter()
-                .enumerate()
-                .map(|(i, m)| (0, i as i64, m.bytes.as_slice())),
-        );
+        feed.extend(msgs.iter().enumerate().map(|(i, m)| (0, i as i64, m.bytes.as_slice())));
         let (objs, events) = run(&asm, &feed);
         assert_eq!(objs.len(), 1);
-        assert_eq!(
-            events
-                .iter()
-                .filter(|e| matches!(e, Event::Complete { .. }))
-                .count(),
-            1
-        );
+        assert_eq!(events.iter().filter(|e| matches!(e, Event::Complete { .. })).count(), 1);
+        // A stray duplicate at a later offset starts an echo that pins nothing.
+        let mut ev = Vec::new();
+        asm.add(Position { partition: 0, offset: 50 }, &msgs[1].bytes, &mut ev);
+        assert!(matches!(&ev[..], [Event::Started(f)] if f.echo));
+        assert!(asm.pinned_offsets().is_empty());
         // The same file produced again later in the log: transferred again.
-        let again: Vec<_> = msgs
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (0, 100 + i as i64, m.bytes.as_slice()))
-            .collect();
+        let again: Vec<_> =
+            msgs.iter().enumerate().map(|(i, m)| (0, 100 + i as i64, m.bytes.as_slice())).collect();
         let (objs, _) = run(&asm, &again);
         assert_eq!(objs["r"], data);
     }
@@ -983,22 +883,9 @@ mod tests {
                 data: piece,
                 file_mtime: None,
             };
-            asm.add(
-                Position {
-                    partition: 0,
-                    offset: idx as i64,
-                },
-                &wire::encode(&c),
-                &mut events,
-            );
+            asm.add(Position { partition: 0, offset: idx as i64 }, &wire::encode(&c), &mut events);
         }
-        assert!(events.iter().any(|e| matches!(
-            e,
-            Event::Failed {
-                hash_mismatch: true,
-                ..
-            }
-        )));
+        assert!(events.iter().any(|e| matches!(e, Event::Failed { hash_mismatch: true, .. })));
         assert!(!events.iter().any(|e| matches!(e, Event::Complete { .. })));
     }
 
@@ -1007,43 +894,16 @@ mod tests {
         let asm = Assembler::with_any_part_size(100);
         let msgs = chunks_of("bad.dat", "", &content(50, 5), 10, 1.0);
         let mut events = Vec::new();
-        asm.add(
-            Position {
-                partition: 0,
-                offset: 0,
-            },
-            &msgs[0].bytes,
-            &mut events,
-        );
+        asm.add(Position { partition: 0, offset: 0 }, &msgs[0].bytes, &mut events);
         let mut m = msgs[1].bytes.clone();
         let last = m.len() - 12;
         m[last] ^= 0xff;
-        assert_eq!(
-            asm.add(
-                Position {
-                    partition: 0,
-                    offset: 1
-                },
-                &m,
-                &mut events
-            ),
-            Disposition::Rejected
-        );
+        assert_eq!(asm.add(Position { partition: 0, offset: 1 }, &m, &mut events), Disposition::Rejected);
         for (i, msg) in msgs.iter().enumerate().skip(2) {
-            let d = asm.add(
-                Position {
-                    partition: 0,
-                    offset: i as i64,
-                },
-                &msg.bytes,
-                &mut events,
-            );
+            let d = asm.add(Position { partition: 0, offset: i as i64 }, &msg.bytes, &mut events);
             assert_eq!(d, Disposition::Stale);
         }
-        let failed = events
-            .iter()
-            .filter(|e| matches!(e, Event::Failed { .. }))
-            .count();
+        let failed = events.iter().filter(|e| matches!(e, Event::Failed { .. })).count();
         assert_eq!(failed, 1);
         assert!(!events.iter().any(|e| matches!(e, Event::Complete { .. })));
         assert!(asm.pinned_offsets().is_empty());
@@ -1057,26 +917,12 @@ mod tests {
         let last = m.len() - 12;
         m[last] ^= 0xff; // inside the data field
         let mut events = Vec::new();
-        let d = asm.add(
-            Position {
-                partition: 0,
-                offset: 0,
-            },
-            &m,
-            &mut events,
-        );
+        let d = asm.add(Position { partition: 0, offset: 0 }, &m, &mut events);
         assert_eq!(d, Disposition::Rejected);
         assert!(events.iter().any(|e| matches!(e,
             Event::Failed { file, reason, .. } if file.filename == "bad.dat" && reason.contains("chunk 3/5 is corrupted"))));
         let mut events = Vec::new();
-        let d = asm.add(
-            Position {
-                partition: 0,
-                offset: 1,
-            },
-            &msgs[0].bytes[..40],
-            &mut events,
-        );
+        let d = asm.add(Position { partition: 0, offset: 1 }, &msgs[0].bytes[..40], &mut events);
         assert_eq!(d, Disposition::Rejected);
         match &events[..] {
             [Event::Rejected { error, position }] => {
@@ -1096,12 +942,7 @@ mod tests {
         let old_msgs = chunks_of("g", "", &old, 100, 10.0);
         let new_msgs = chunks_of("g", "", &new, 100, 20.0);
         let mut feed = vec![(0, 0, old_msgs[0].bytes.as_slice())];
-        feed.extend(
-            new_msgs
-                .iter()
-                .enumerate()
-                .map(|(i, m)| (0, 1 + i as i64, m.bytes.as_slice())),
-        );
+        feed.extend(new_msgs.iter().enumerate().map(|(i, m)| (0, 1 + i as i64, m.bytes.as_slice())));
         // Late chunks of the old generation are stale.
         feed.push((0, 10, old_msgs[1].bytes.as_slice()));
         let (objs, events) = run(&asm, &feed);
@@ -1114,22 +955,8 @@ mod tests {
         let asm = Assembler::with_any_part_size(1000);
         let a = chunks_of("a", "", &content(300, 8), 100, 1.0);
         let mut events = Vec::new();
-        asm.add(
-            Position {
-                partition: 3,
-                offset: 40,
-            },
-            &a[0].bytes,
-            &mut events,
-        );
-        asm.add(
-            Position {
-                partition: 3,
-                offset: 41,
-            },
-            &a[1].bytes,
-            &mut events,
-        );
+        asm.add(Position { partition: 3, offset: 40 }, &a[0].bytes, &mut events);
+        asm.add(Position { partition: 3, offset: 41 }, &a[1].bytes, &mut events);
         assert_eq!(asm.pinned_offsets().get(&3), Some(&40));
         let dropped = asm.drop_partitions(&[3]);
         assert_eq!(dropped.len(), 1);
@@ -1148,6 +975,7 @@ mod tests {
                 n_chunks: 200_000,
                 file_hash: [0; 64],
                 mtime: None,
+                echo: false,
             },
             asm.part_size(),
             &Chunk {

@@ -25,11 +25,7 @@ pub struct Running {
 
 impl Default for Running {
     fn default() -> Self {
-        Self {
-            sha: Sha512::new(),
-            crc: CrcDigest::new(CrcAlgorithm::Crc64Nvme),
-            len: 0,
-        }
+        Self { sha: Sha512::new(), crc: CrcDigest::new(CrcAlgorithm::Crc64Nvme), len: 0 }
     }
 }
 

@@ -52,11 +52,7 @@ impl std::fmt::Display for ChunkerError {
 impl std::error::Error for ChunkerError {}
 
 fn python_mtime(meta: &std::fs::Metadata) -> f64 {
-    match meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-    {
+    match meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()) {
         Some(d) => d.as_secs() as f64 + f64::from(d.subsec_nanos()) * 1e-9,
         None => 0.0,
     }
@@ -65,10 +61,7 @@ fn python_mtime(meta: &std::fs::Metadata) -> f64 {
 impl FilePlan {
     /// Reads the file once: its mtime first (as OpenMSIStream does), then every byte.
     pub fn new(path: &Path, chunk_size: u64) -> Result<Self, ChunkerError> {
-        let io_err = |source| ChunkerError::Io {
-            path: path.to_owned(),
-            source,
-        };
+        let io_err = |source| ChunkerError::Io { path: path.to_owned(), source };
         assert!(chunk_size > 0, "chunk size must be positive");
         let mut f = File::open(path).map_err(io_err)?;
         let mtime = python_mtime(&f.metadata().map_err(io_err)?);
@@ -127,23 +120,13 @@ impl FilePlan {
         let offset = (chunk_i - 1) * self.chunk_size;
         let len = self.chunk_size.min(self.size - offset) as usize;
         let mut data = vec![0u8; len];
-        file.read_exact_at(&mut data, offset)
-            .map_err(|source| match source.kind() {
-                io::ErrorKind::UnexpectedEof => ChunkerError::Changed {
-                    path: self.path.clone(),
-                    chunk_i,
-                },
-                _ => ChunkerError::Io {
-                    path: self.path.clone(),
-                    source,
-                },
-            })?;
+        file.read_exact_at(&mut data, offset).map_err(|source| match source.kind() {
+            io::ErrorKind::UnexpectedEof => ChunkerError::Changed { path: self.path.clone(), chunk_i },
+            _ => ChunkerError::Io { path: self.path.clone(), source },
+        })?;
         let chunk_hash = &self.chunk_hashes[(chunk_i - 1) as usize];
         if Sha512::digest(&data).as_slice() != chunk_hash {
-            return Err(ChunkerError::Changed {
-                path: self.path.clone(),
-                chunk_i,
-            });
+            return Err(ChunkerError::Changed { path: self.path.clone(), chunk_i });
         }
         let chunk = Chunk {
             filename,
@@ -209,9 +192,6 @@ mod tests {
         let plan = FilePlan::new(&path, 4096).unwrap();
         std::fs::write(&path, [2u8; 5000]).unwrap();
         let err = plan.encode_chunk(&file, 1, "", "f", "").unwrap_err();
-        assert!(
-            err.to_string().contains("changed while it was being sent"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("changed while it was being sent"), "{err}");
     }
 }

@@ -13,9 +13,7 @@ use pyo3::types::{PyBytes, PyDict, PyTuple};
 use pyo3::{ffi, import_exception};
 use sha2::{Digest, Sha512 as Sha512State};
 
-use crate::assembler::{
-    self, Assembler as RustAssembler, Disposition, Event as RustEvent, Position,
-};
+use crate::assembler::{self, Assembler as RustAssembler, Disposition, Event as RustEvent, Position};
 use crate::checksum;
 use crate::chunker::{ChunkerError, FilePlan};
 use crate::wire::{self, Chunk, ErrorKind, WireError};
@@ -47,10 +45,7 @@ fn chunker_error(e: ChunkerError) -> PyErr {
 
 fn digest64<'a>(field: &'static str, b: &'a [u8]) -> PyResult<&'a [u8; 64]> {
     b.try_into().map_err(|_| {
-        ChunkError::new_err(format!(
-            "{field} must be a 64-byte SHA-512 digest, got {} bytes",
-            b.len()
-        ))
+        ChunkError::new_err(format!("{field} must be a 64-byte SHA-512 digest, got {} bytes", b.len()))
     })
 }
 
@@ -71,18 +66,12 @@ impl Buffer {
         format!("<Buffer of {} bytes>", self.data.len())
     }
 
-    unsafe fn __getbuffer__(
-        slf: Bound<'_, Self>,
-        view: *mut ffi::Py_buffer,
-        flags: c_int,
-    ) -> PyResult<()> {
+    unsafe fn __getbuffer__(slf: Bound<'_, Self>, view: *mut ffi::Py_buffer, flags: c_int) -> PyResult<()> {
         if view.is_null() {
             return Err(PyBufferError::new_err("buffer view is null"));
         }
         if (flags & ffi::PyBUF_WRITABLE) == ffi::PyBUF_WRITABLE {
-            return Err(PyBufferError::new_err(
-                "s3transfer_stream buffers are read-only",
-            ));
+            return Err(PyBufferError::new_err("s3transfer_stream buffers are read-only"));
         }
         let data: &[u8] = &slf.get().data;
         // SAFETY: `view` is a valid Py_buffer supplied by CPython. The bytes live
@@ -143,13 +132,7 @@ pub struct DecodedChunk {
 #[pyfunction]
 #[pyo3(signature = (value, *, verify = true))]
 fn decode_chunk(py: Python<'_>, value: &[u8], verify: bool) -> PyResult<DecodedChunk> {
-    let decoded = py.detach(|| {
-        if verify {
-            wire::decode(value)
-        } else {
-            wire::decode_unverified(value)
-        }
-    });
+    let decoded = py.detach(|| if verify { wire::decode(value) } else { wire::decode_unverified(value) });
     let c = decoded.map_err(|e| wire_error(py, &e))?;
     Ok(DecodedChunk {
         filename: c.filename.to_owned(),
@@ -237,9 +220,7 @@ pub struct Sha512 {
 impl Sha512 {
     #[new]
     fn new() -> Self {
-        Self {
-            state: Sha512State::new(),
-        }
+        Self { state: Sha512State::new() }
     }
 
     fn update(&mut self, py: Python<'_>, data: &[u8]) {
@@ -261,15 +242,15 @@ pub struct FileInfo {
     n_chunks: u64,
     file_hash: Py<PyBytes>,
     file_mtime: Option<f64>,
+    /// Same hash and chunk count as a file already reassembled earlier in the
+    /// log (produced again, or stray duplicate chunks); it pins no offsets.
+    echo: bool,
 }
 
 #[pymethods]
 impl FileInfo {
     fn __repr__(&self) -> String {
-        format!(
-            "<FileInfo #{} {:?} ({} chunks)>",
-            self.instance, self.rel_output_path, self.n_chunks
-        )
+        format!("<FileInfo #{} {:?} ({} chunks)>", self.instance, self.rel_output_path, self.n_chunks)
     }
 }
 
@@ -284,6 +265,7 @@ fn file_info(py: Python<'_>, f: &assembler::FileInfo) -> PyResult<Py<FileInfo>> 
             n_chunks: f.n_chunks,
             file_hash: PyBytes::new(py, &f.file_hash).unbind(),
             file_mtime: f.mtime,
+            echo: f.echo,
         },
     )
 }
@@ -328,20 +310,11 @@ impl Event {
 
     fn from_rust(py: Python<'_>, e: RustEvent) -> PyResult<Self> {
         Ok(match e {
-            RustEvent::Started(f) => Self {
-                file: Some(file_info(py, &f)?),
-                ..Self::blank("started")
-            },
-            RustEvent::Superseded { file } => Self {
-                file: Some(file_info(py, &file)?),
-                ..Self::blank("superseded")
-            },
-            RustEvent::Part {
-                file,
-                number,
-                data,
-                crc64nvme,
-            } => Self {
+            RustEvent::Started(f) => Self { file: Some(file_info(py, &f)?), ..Self::blank("started") },
+            RustEvent::Superseded { file } => {
+                Self { file: Some(file_info(py, &file)?), ..Self::blank("superseded") }
+            }
+            RustEvent::Part { file, number, data, crc64nvme } => Self {
                 file: Some(file_info(py, &file)?),
                 part_number: number,
                 size: data.len() as u64,
@@ -349,14 +322,7 @@ impl Event {
                 crc64nvme,
                 ..Self::blank("part")
             },
-            RustEvent::Complete {
-                file,
-                size,
-                single,
-                crc64nvme,
-                parts,
-                pins,
-            } => Self {
+            RustEvent::Complete { file, size, single, crc64nvme, parts, pins } => Self {
                 file: Some(file_info(py, &file)?),
                 data: single.map(|b| buffer(py, b)).transpose()?,
                 size,
@@ -365,12 +331,7 @@ impl Event {
                 pins,
                 ..Self::blank("complete")
             },
-            RustEvent::Failed {
-                file,
-                reason,
-                hash_mismatch,
-                pins,
-            } => Self {
+            RustEvent::Failed { file, reason, hash_mismatch, pins } => Self {
                 file: Some(file_info(py, &file)?),
                 reason,
                 hash_mismatch,
@@ -391,11 +352,7 @@ impl Event {
 #[pymethods]
 impl Event {
     fn __repr__(&self, py: Python<'_>) -> String {
-        let name = self
-            .file
-            .as_ref()
-            .map(|f| f.get().rel_output_path.clone())
-            .unwrap_or_default();
+        let name = self.file.as_ref().map(|f| f.get().rel_output_path.clone()).unwrap_or_default();
         let _ = py;
         format!("<Event {} {:?}>", self.kind, name)
     }
@@ -412,17 +369,13 @@ impl Assembler {
     #[new]
     #[pyo3(signature = (part_size = 8 << 20))]
     fn new(part_size: u64) -> PyResult<Self> {
-        RustAssembler::new(part_size)
-            .map(|inner| Self { inner })
-            .map_err(ConfigError::new_err)
+        RustAssembler::new(part_size).map(|inner| Self { inner }).map_err(ConfigError::new_err)
     }
 
     /// An assembler with parts smaller than S3 allows, for tests of part logic.
     #[staticmethod]
     fn _with_tiny_parts(part_size: u64) -> Self {
-        Self {
-            inner: RustAssembler::with_any_part_size(part_size),
-        }
+        Self { inner: RustAssembler::with_any_part_size(part_size) }
     }
 
     #[getter]
@@ -433,35 +386,24 @@ impl Assembler {
     /// Feeds a batch of messages: confluent-kafka `Message` objects or
     /// `(partition, offset, value)` tuples. Returns `(events, n_stored)`, where
     /// `n_stored` counts messages that were usable chunks (new or duplicate).
-    fn add_messages(
-        &self,
-        py: Python<'_>,
-        messages: Vec<Bound<'_, PyAny>>,
-    ) -> PyResult<(Vec<Event>, usize)> {
-        let mut owned: Vec<(Position, Option<Bound<'_, PyBytes>>)> =
-            Vec::with_capacity(messages.len());
+    fn add_messages(&self, py: Python<'_>, messages: Vec<Bound<'_, PyAny>>) -> PyResult<(Vec<Event>, usize)> {
+        let mut owned: Vec<(Position, Option<Bound<'_, PyBytes>>)> = Vec::with_capacity(messages.len());
         for m in &messages {
-            let (partition, offset, value): (i32, i64, Bound<'_, PyAny>) =
-                if let Ok(t) = m.cast::<PyTuple>() {
-                    t.extract()?
-                } else {
-                    (
-                        m.call_method0("partition")?.extract()?,
-                        m.call_method0("offset")?.extract()?,
-                        m.call_method0("value")?,
-                    )
-                };
-            let value = if value.is_none() {
-                None
+            let (partition, offset, value): (i32, i64, Bound<'_, PyAny>) = if let Ok(t) = m.cast::<PyTuple>()
+            {
+                t.extract()?
             } else {
-                Some(value.cast_into::<PyBytes>()?)
+                (
+                    m.call_method0("partition")?.extract()?,
+                    m.call_method0("offset")?.extract()?,
+                    m.call_method0("value")?,
+                )
             };
+            let value = if value.is_none() { None } else { Some(value.cast_into::<PyBytes>()?) };
             owned.push((Position { partition, offset }, value));
         }
-        let borrowed: Vec<(Position, Option<&[u8]>)> = owned
-            .iter()
-            .map(|(p, v)| (*p, v.as_ref().map(|b| b.as_bytes())))
-            .collect();
+        let borrowed: Vec<(Position, Option<&[u8]>)> =
+            owned.iter().map(|(p, v)| (*p, v.as_ref().map(|b| b.as_bytes()))).collect();
         let inner = &self.inner;
         let (events, stored) = py.detach(|| {
             let mut events = Vec::new();
@@ -488,10 +430,7 @@ impl Assembler {
             }
             (events, stored)
         });
-        let events = events
-            .into_iter()
-            .map(|e| Event::from_rust(py, e))
-            .collect::<PyResult<_>>()?;
+        let events = events.into_iter().map(|e| Event::from_rust(py, e)).collect::<PyResult<_>>()?;
         Ok((events, stored))
     }
 
@@ -505,20 +444,12 @@ impl Assembler {
     }
 
     fn drop_partitions(&self, py: Python<'_>, partitions: Vec<i32>) -> PyResult<Vec<Py<FileInfo>>> {
-        self.inner
-            .drop_partitions(&partitions)
-            .iter()
-            .map(|f| file_info(py, f))
-            .collect()
+        self.inner.drop_partitions(&partitions).iter().map(|f| file_info(py, f)).collect()
     }
 
     /// `(file, chunks received, bytes buffered)` for every unfinished file.
     fn in_progress(&self, py: Python<'_>) -> PyResult<Vec<(Py<FileInfo>, u64, u64)>> {
-        self.inner
-            .in_progress()
-            .iter()
-            .map(|(f, c, b)| Ok((file_info(py, f)?, *c, *b)))
-            .collect()
+        self.inner.in_progress().iter().map(|(f, c, b)| Ok((file_info(py, f)?, *c, *b))).collect()
     }
 }
 
@@ -536,19 +467,11 @@ impl FileChunker {
     #[pyo3(signature = (path, chunk_size = 524_288))]
     fn new(py: Python<'_>, path: PathBuf, chunk_size: u64) -> PyResult<Self> {
         if chunk_size == 0 {
-            return Err(ConfigError::new_err(
-                "chunk size must be a positive number of bytes",
-            ));
+            return Err(ConfigError::new_err("chunk size must be a positive number of bytes"));
         }
         py.detach(|| {
-            let file = File::open(&path).map_err(|source| ChunkerError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            Ok(Self {
-                plan: FilePlan::new(&path, chunk_size)?,
-                file,
-            })
+            let file = File::open(&path).map_err(|source| ChunkerError::Io { path: path.clone(), source })?;
+            Ok(Self { plan: FilePlan::new(&path, chunk_size)?, file })
         })
         .map_err(chunker_error)
     }
@@ -593,17 +516,11 @@ impl FileChunker {
         let encoded = py
             .detach(|| {
                 (first..last)
-                    .map(|i| {
-                        self.plan
-                            .encode_chunk(&self.file, i, subdir_str, filename, filename_append)
-                    })
+                    .map(|i| self.plan.encode_chunk(&self.file, i, subdir_str, filename, filename_append))
                     .collect::<Result<Vec<_>, _>>()
             })
             .map_err(chunker_error)?;
-        encoded
-            .into_iter()
-            .map(|m| buffer(py, Arc::new(m)))
-            .collect()
+        encoded.into_iter().map(|m| buffer(py, Arc::new(m))).collect()
     }
 }
 

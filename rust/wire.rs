@@ -43,11 +43,7 @@ impl fmt::Display for WireError {
             ErrorKind::ChunkHash => "corrupted file chunk",
         };
         match &self.filename {
-            Some(name) => write!(
-                f,
-                "{what} of file {name:?}: {}: {}",
-                self.field, self.detail
-            ),
+            Some(name) => write!(f, "{what} of file {name:?}: {}: {}", self.field, self.detail),
             None => write!(f, "{what}: {}: {}", self.field, self.detail),
         }
     }
@@ -189,10 +185,7 @@ impl<'a> Reader<'a> {
     }
 
     fn be(&mut self, n: usize, field: &'static str) -> Result<u64, WireError> {
-        Ok(self
-            .take(n, field)?
-            .iter()
-            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+        Ok(self.take(n, field)?.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
     }
 
     fn value(&mut self, field: &'static str) -> Result<Value<'a>, WireError> {
@@ -248,8 +241,9 @@ impl<'a> Reader<'a> {
     /// because its deserializer reads with `raw=True` and decodes either.
     fn text(&mut self, field: &'static str) -> Result<&'a str, WireError> {
         match self.value(field)? {
-            Value::Str(b) | Value::Bin(b) => std::str::from_utf8(b)
-                .map_err(|e| self.err(field, format!("is not valid UTF-8 ({e})"))),
+            Value::Str(b) | Value::Bin(b) => {
+                std::str::from_utf8(b).map_err(|e| self.err(field, format!("is not valid UTF-8 ({e})")))
+            }
             other => Err(self.err(field, format!("must be a string, got {}", describe(&other)))),
         }
     }
@@ -257,21 +251,14 @@ impl<'a> Reader<'a> {
     fn bytes(&mut self, field: &'static str) -> Result<&'a [u8], WireError> {
         match self.value(field)? {
             Value::Bin(b) | Value::Str(b) => Ok(b),
-            other => Err(self.err(
-                field,
-                format!("must be binary data, got {}", describe(&other)),
-            )),
+            other => Err(self.err(field, format!("must be binary data, got {}", describe(&other)))),
         }
     }
 
     fn digest(&mut self, field: &'static str) -> Result<&'a [u8; 64], WireError> {
         let b = self.bytes(field)?;
-        b.try_into().map_err(|_| {
-            self.err(
-                field,
-                format!("must be a 64-byte SHA-512 digest, got {} bytes", b.len()),
-            )
-        })
+        b.try_into()
+            .map_err(|_| self.err(field, format!("must be a 64-byte SHA-512 digest, got {} bytes", b.len())))
     }
 
     fn uint(&mut self, field: &'static str) -> Result<u64, WireError> {
@@ -279,10 +266,7 @@ impl<'a> Reader<'a> {
             Value::Uint(v) => Ok(v),
             Value::Int(v) if v >= 0 => Ok(v as u64),
             Value::Int(v) => Err(self.err(field, format!("must not be negative, got {v}"))),
-            other => Err(self.err(
-                field,
-                format!("must be an integer, got {}", describe(&other)),
-            )),
+            other => Err(self.err(field, format!("must be an integer, got {}", describe(&other)))),
         }
     }
 
@@ -312,28 +296,16 @@ fn describe(v: &Value<'_>) -> String {
 
 /// Decodes a chunk message without verifying its chunk hash.
 pub fn decode_unverified(buf: &[u8]) -> Result<Chunk<'_>, WireError> {
-    let mut r = Reader {
-        buf,
-        pos: 0,
-        filename: None,
-    };
+    let mut r = Reader { buf, pos: 0, filename: None };
     let tag = r.take(1, "message")?[0];
     let n_fields = match tag {
         0x90..=0x9f => u64::from(tag & 0x0f),
         0xdc => r.be(2, "message")?,
         0xdd => r.be(4, "message")?,
-        _ => {
-            return Err(r.err(
-                "message",
-                format!("must be a msgpack array, starts with byte 0x{tag:02x}"),
-            ))
-        }
+        _ => return Err(r.err("message", format!("must be a msgpack array, starts with byte 0x{tag:02x}"))),
     };
     if n_fields != 9 && n_fields != 10 {
-        return Err(r.err(
-            "message",
-            format!("must be an array of 9 or 10 fields, got {n_fields}"),
-        ));
+        return Err(r.err("message", format!("must be an array of 9 or 10 fields, got {n_fields}")));
     }
     let filename = r.text("filename")?;
     r.filename = Some(filename);
@@ -345,19 +317,11 @@ pub fn decode_unverified(buf: &[u8]) -> Result<Chunk<'_>, WireError> {
     let subdir_str = r.text("subdir_str")?;
     let filename_append = r.text("filename_append")?;
     let data = r.bytes("data")?;
-    let file_mtime = if n_fields == 10 {
-        Some(r.mtime("file_mtime")?)
-    } else {
-        None
-    };
+    let file_mtime = if n_fields == 10 { Some(r.mtime("file_mtime")?) } else { None };
     if r.pos != buf.len() {
-        return Err(r.err(
-            "message",
-            format!(
-                "has {} unexpected bytes after the last field",
-                buf.len() - r.pos
-            ),
-        ));
+        return Err(
+            r.err("message", format!("has {} unexpected bytes after the last field", buf.len() - r.pos))
+        );
     }
 
     validate_name(&r, filename)?;
@@ -366,16 +330,12 @@ pub fn decode_unverified(buf: &[u8]) -> Result<Chunk<'_>, WireError> {
         return Err(r.err("filename_append", "must not contain '/' or NUL"));
     }
     if n_total_chunks == 0 || n_total_chunks > MAX_CHUNKS {
-        return Err(r.err(
-            "n_total_chunks",
-            format!("must be within 1..={MAX_CHUNKS}, got {n_total_chunks}"),
-        ));
+        return Err(r.err("n_total_chunks", format!("must be within 1..={MAX_CHUNKS}, got {n_total_chunks}")));
     }
     if chunk_i == 0 || chunk_i > n_total_chunks {
-        return Err(r.err(
-            "chunk_i",
-            format!("must be within 1..={n_total_chunks} (n_total_chunks), got {chunk_i}"),
-        ));
+        return Err(
+            r.err("chunk_i", format!("must be within 1..={n_total_chunks} (n_total_chunks), got {chunk_i}"))
+        );
     }
     let end = chunk_offset_write.checked_add(data.len() as u64);
     if !matches!(end, Some(e) if e <= MAX_FILE_SIZE) {
@@ -499,11 +459,7 @@ pub fn encoded_len(chunk: &Chunk<'_>) -> usize {
 /// Appends the canonical encoding of `chunk` to `out`.
 pub fn encode_into(chunk: &Chunk<'_>, out: &mut Vec<u8>) {
     out.reserve(encoded_len(chunk));
-    out.push(if chunk.file_mtime.is_some() {
-        0x9a
-    } else {
-        0x99
-    });
+    out.push(if chunk.file_mtime.is_some() { 0x9a } else { 0x99 });
     put_str(out, chunk.filename);
     put_bin_header(out, 64);
     out.extend_from_slice(chunk.file_hash);
@@ -534,10 +490,7 @@ pub fn encode(chunk: &Chunk<'_>) -> Vec<u8> {
 /// The per-chunk message key OpenMSIStream producers send:
 /// `<subdir with / as _>_<filename>_chunk_<i>_of_<n>` (note the leading `_` at top level).
 pub fn message_key(subdir: &str, filename: &str, chunk_i: u64, n_total: u64) -> String {
-    format!(
-        "{}_chunk_{chunk_i}_of_{n_total}",
-        key_prefix(subdir, filename)
-    )
+    format!("{}_chunk_{chunk_i}_of_{n_total}", key_prefix(subdir, filename))
 }
 
 /// The part of the key shared by all chunks of a file, `<subdir_>_<filename>`.
@@ -621,14 +574,8 @@ mod tests {
         let b = encode(&c);
         assert_eq!(&b[..3], &[0x9a, 0xd9, 0x28]);
         let after_hashes = 3 + 40 + 2 * 66;
-        assert_eq!(
-            &b[after_hashes..after_hashes + 6],
-            &[0x00, 0x01, 0xcd, 0x01, 0x7d, 0xb1]
-        );
-        assert_eq!(
-            &b[b.len() - 9..],
-            &[0xcb, 0x41, 0xd9, 0x54, 0xfc, 0x40, 0, 0, 0]
-        );
+        assert_eq!(&b[after_hashes..after_hashes + 6], &[0x00, 0x01, 0xcd, 0x01, 0x7d, 0xb1]);
+        assert_eq!(&b[b.len() - 9..], &[0xcb, 0x41, 0xd9, 0x54, 0xfc, 0x40, 0, 0, 0]);
         assert_eq!(b.len(), 16595);
     }
 
@@ -659,10 +606,7 @@ mod tests {
     fn keys() {
         assert_eq!(message_key("", "x.dat", 1, 1), "_x.dat_chunk_1_of_1");
         assert_eq!(message_key("a/b", "x.dat", 3, 5), "a_b_x.dat_chunk_3_of_5");
-        assert_eq!(
-            parse_message_key("a_b_x.dat_chunk_3_of_5"),
-            Some(("a_b_x.dat", 3, 5))
-        );
+        assert_eq!(parse_message_key("a_b_x.dat_chunk_3_of_5"), Some(("a_b_x.dat", 3, 5)));
         assert_eq!(parse_message_key("x_chunk_0_of_5"), None);
         assert_eq!(parse_message_key("x_chunk_6_of_5"), None);
         assert_eq!(parse_message_key("x_chunk_1_of_+5"), None);

@@ -376,6 +376,10 @@ class S3TransferStreamProcessor:
         if rx is not None and not rx.match(info.rel_path):
             fu.ignored = True
             return
+        if info.echo:
+            # Possibly stray duplicates of a file already transferred: it is
+            # recorded only if it completes (then it was really produced again).
+            return
         self.registry.register_in_progress(info.rel_path, info.filename, info.n_chunks)
 
     def _on_part(self, ev: Any) -> None:

@@ -10,9 +10,12 @@ import uuid
 from pathlib import Path
 from typing import TextIO
 
+from confluent_kafka.admin import AdminClient
+
 from ..config import load_config
 from ..console import Console
 from ..errors import ConfigError, S3TransferStreamError, TransferError
+from ..kafka import partition_count
 from ..logs import parse_level, setup_logging
 from ..pipeline import MiB, ProcessorOptions, S3TransferStreamProcessor
 from ..s3 import VALIDATE_CHOICES, ObjectStore, check_bucket, make_client
@@ -216,9 +219,8 @@ def main(argv: list[str] | None = None, *, stdin: TextIO | None = None) -> int:
         assert config.s3 is not None
         client = make_client(config.s3, max_connections=options.max_parts_in_flight + 8)
         check_bucket(client, options.bucket)
-        from ..kafka import partition_count
-
-        partition_count(config.consumer_settings(options.group_id), options.topic)
+        admin = AdminClient(dict(config.broker))
+        partition_count(admin, options.topic, bootstrap=config.broker.get("bootstrap.servers"))
     except ConfigError as err:
         log.error(str(err))
         return 2

@@ -1,0 +1,156 @@
+"""Helpers for integration tests: make file trees, produce their chunks, run the CLI."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Producer
+
+from s3transfer_stream import _core
+from s3transfer_stream.kafka import file_partition
+
+CHUNK = 524288
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+
+
+def encoded_chunks(root: Path, rel: str, chunk_size: int = CHUNK) -> list[tuple[str, Any]]:
+    """(key, value) of every chunk of ``root/rel``, in order."""
+    path = root / rel
+    subdir = Path(rel).parent.as_posix()
+    subdir = "" if subdir == "." else subdir
+    ch = _core.FileChunker(str(path), chunk_size)
+    values = ch.messages(1, ch.n_chunks, subdir, path.name)
+    return [(_core.message_key(subdir, path.name, i + 1, ch.n_chunks), v) for i, v in enumerate(values)]
+
+
+def producer(bootstrap: str) -> Producer:
+    return Producer({"bootstrap.servers": bootstrap, "message.max.bytes": "67108864", "linger.ms": "20"})
+
+
+def produce(bootstrap: str, topic: str, messages: Iterable[tuple[str, Any, int]]) -> int:
+    """Produces (key, value, partition) triples and waits until all are acknowledged."""
+    p = producer(bootstrap)
+    errors: list[str] = []
+    n = 0
+    for key, value, partition in messages:
+        while True:
+            try:
+                p.produce(
+                    topic,
+                    key=key,
+                    value=value,
+                    partition=partition,
+                    on_delivery=lambda err, msg: errors.append(str(err)) if err else None,
+                )
+                break
+            except BufferError:
+                p.poll(0.1)
+        n += 1
+        p.poll(0)
+    assert p.flush(60) == 0, "messages left unsent"
+    assert not errors, errors
+    return n
+
+
+def produce_tree(bootstrap: str, topic: str, root: Path, rels: Iterable[str], partitions: int) -> int:
+    """Produces files as our producer does: all chunks of a file to one partition, in order."""
+
+    def gen() -> Iterable[tuple[str, Any, int]]:
+        for rel in rels:
+            part = file_partition(rel, partitions)
+            for key, value in encoded_chunks(root, rel):
+                yield key, value, part
+
+    return produce(bootstrap, topic, gen())
+
+
+def rand_bytes(rng: random.Random, n: int) -> bytes:
+    return rng.randbytes(n)
+
+
+class ProcessorRun:
+    """The S3TransferStreamProcessor CLI in a subprocess, driven through stdin."""
+
+    def __init__(self, bucket: str, topic: str, group: str, output_dir: Path, *extra: str) -> None:
+        self.stderr_path = output_dir.parent / f"processor-{group}.stderr"
+        self._err = open(self.stderr_path, "w")  # noqa: SIM115 - closed in wait()
+        args = [
+            sys.executable,
+            "-m",
+            "s3transfer_stream.cli.processor",
+            bucket,
+            "--topic_name",
+            topic,
+            "--consumer_group_id",
+            group,
+            "--output_dir",
+            str(output_dir),
+            "--update_seconds",
+            "2",
+            *extra,
+        ]
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._err, text=True, env=os.environ.copy()
+        )
+
+    def command(self, word: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(word + "\n")
+        self.proc.stdin.flush()
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"processor exited early ({self.proc.returncode}):\n{self.stderr()}")
+            time.sleep(0.3)
+        raise AssertionError(f"timed out waiting for {what}:\n{self.stderr()[-5000:]}")
+
+    def quit(self, timeout: float = 120) -> int:
+        self.command("quit")
+        return self.wait(timeout)
+
+    def terminate(self, timeout: float = 120) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 120) -> int:
+        try:
+            rc = self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self._err.close()
+        return rc
+
+
+def list_objects(client: Any, bucket: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for obj in page.get("Contents", []):
+            out[obj["Key"]] = obj["Size"]
+    return out
+
+
+def read_object(client: Any, bucket: str, key: str) -> bytes:
+    body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    return body

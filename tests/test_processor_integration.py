@@ -1,0 +1,235 @@
+"""S3TransferStreamProcessor end to end, against the real Kafka broker and S3 server."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from s3transfer_stream import _core
+from s3transfer_stream.registry import InProgressRow, ProcessedRow, read_table
+
+from helpers import (
+    CHUNK,
+    ProcessorRun,
+    encoded_chunks,
+    list_objects,
+    produce,
+    produce_tree,
+    read_object,
+    write_tree,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def tree_of_54(rng: random.Random) -> dict[str, bytes]:
+    files = {
+        "empty.dat": b"",
+        "one_byte.bin": b"\x07",
+        "two_chunks.bin": rng.randbytes(2 * CHUNK),
+        "two_chunks_plus_one.bin": rng.randbytes(2 * CHUNK + 1),
+        "a/b/c/deep.txt": b"deep\n" * 1000,
+        "données/résumé_数据.dat": rng.randbytes(70_000),
+        "big/large.bin": rng.randbytes(64 * 2**20 + 12_345),
+        "catalog.csv": b"id;name\n1;x\n",
+    }
+    for i in range(46):
+        files[f"sub{i % 5}/nested{i % 3}/file_{i:02d}.dat"] = rng.randbytes(rng.randrange(1, 3 * CHUNK))
+    return files
+
+
+def registry_tables(out: Path, topic: str, group: str) -> tuple[list[InProgressRow], list[ProcessedRow]]:
+    logs = out / "LOGS"
+    in_progress = read_table(InProgressRow, logs / f"consuming_from_{topic}_by_{group}_in_progress.csv")
+    processed = read_table(ProcessedRow, logs / f"processed_from_{topic}_by_{group}.csv")
+    return in_progress, processed
+
+
+def test_tree_of_54_files_lands_identical_and_validated(
+    tmp_path: Path, new_topic: Any, new_bucket: Any, s3_client: Any, kafka_bootstrap: str
+) -> None:
+    rng = random.Random(1)
+    files = tree_of_54(rng)
+    src = tmp_path / "src"
+    write_tree(src, files)
+    topic = new_topic(partitions=3)
+    bucket = new_bucket()
+    produce_tree(kafka_bootstrap, topic, src, files, partitions=3)
+
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    out = tmp_path / "out"
+    run = ProcessorRun(bucket, topic, group, out)
+    expected = {f"{topic}/{rel}": len(data) for rel, data in files.items()}
+    run.wait_for(lambda: list_objects(s3_client, bucket) == expected, 300, "all 54 objects")
+    run.wait_for(lambda: run.stderr().count("Transferred ") >= len(files), 60, "54 transfer lines")
+    run.command("check")
+    run.wait_for(lambda: "files transferred so far" in run.stderr(), 30, "the check output")
+    assert run.quit() == 0
+    err = run.stderr()
+
+    for rel, data in files.items():
+        key = f"{topic}/{rel}"
+        got = read_object(s3_client, bucket, key)
+        assert hashlib.sha512(got).digest() == hashlib.sha512(data).digest(), rel
+        line = next(ln for ln in err.splitlines() if f"Transferred {rel} -> s3://{bucket}/{key} " in ln)
+        assert "validated:" in line and "confirmed by the server" in line or "re-read object matches" in line
+    big_line = next(ln for ln in err.splitlines() if "Transferred big/large.bin" in ln)
+    assert " parts)" in big_line, big_line  # a multipart upload
+    assert f"{len(files)} files transferred so far" in err
+    assert f"and {len(files)} files were transferred to the {bucket} bucket" in err
+
+    in_progress, processed = registry_tables(out, topic, group)
+    assert in_progress == []
+    assert sorted(r.rel_filepath.as_posix() for r in processed) == sorted(files)
+    assert not list((out / "LOGS").glob(f"processed_from_{topic}_by_{group}_t*.csv"))  # consolidated
+    # No multipart upload was left open.
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_out_of_order_duplicates_and_bad_files(
+    tmp_path: Path, new_topic: Any, new_bucket: Any, s3_client: Any, kafka_bootstrap: str
+) -> None:
+    """Chunks spread over partitions in random order (as OpenMSIStream producers do),
+    with duplicates; plus a file with a corrupted chunk and one whose hash mismatches."""
+    rng = random.Random(2)
+    good = {
+        "g/one.bin": rng.randbytes(5 * CHUNK + 17),
+        "g/two.bin": rng.randbytes(3 * CHUNK),
+        "three.txt": b"three" * 7,
+        "g/big.bin": rng.randbytes(20 * 2**20 + 5),
+    }
+    src = tmp_path / "src"
+    write_tree(src, good)
+    topic = new_topic(partitions=4)
+    bucket = new_bucket()
+    msgs: list[tuple[str, Any, int]] = []
+    for rel in good:
+        for key, value in encoded_chunks(src, rel):
+            partition = rng.randrange(4)
+            msgs.append((key, value, partition))
+            if rng.random() < 0.3:  # sent twice, as a producer retry would
+                msgs.append((key, value, partition))
+
+    # A file with one corrupted chunk: the data no longer matches its chunk hash.
+    write_tree(src, {"bad/corrupt.bin": rng.randbytes(3 * CHUNK)})
+    corrupt = encoded_chunks(src, "bad/corrupt.bin")
+    broken = bytearray(corrupt[1][1])
+    broken[-100] ^= 0xFF
+    corrupt[1] = (corrupt[1][0], bytes(broken))
+    msgs += [(k, v, 0) for k, v in corrupt]
+
+    # A file whose chunks are each intact but whose file hash is not theirs.
+    content = rng.randbytes(2 * CHUNK + 3)
+    wrong_hash = hashlib.sha512(b"something else").digest()
+    pieces = [content[i : i + CHUNK] for i in range(0, len(content), CHUNK)]
+    for i, piece in enumerate(pieces):
+        value = _core.encode_chunk(
+            "mismatch.bin", wrong_hash, hashlib.sha512(piece).digest(), i * CHUNK, i + 1, len(pieces), "bad", "", piece, 1.0
+        )
+        msgs.append((_core.message_key("bad", "mismatch.bin", i + 1, len(pieces)), value, 1))
+    rng.shuffle(msgs)
+    produce(kafka_bootstrap, topic, msgs)
+
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    out = tmp_path / "out"
+    run = ProcessorRun(bucket, topic, group, out)
+    expected = {f"{topic}/{rel}": len(data) for rel, data in good.items()}
+    run.wait_for(lambda: list_objects(s3_client, bucket) == expected, 180, "the good objects")
+    run.wait_for(lambda: run.stderr().count("cannot be reassembled") >= 2, 60, "both bad files reported")
+    assert run.quit() == 0
+
+    for rel, data in good.items():
+        assert read_object(s3_client, bucket, f"{topic}/{rel}") == data, rel
+    objects = list_objects(s3_client, bucket)
+    assert f"{topic}/bad/corrupt.bin" not in objects
+    assert f"{topic}/bad/mismatch.bin" not in objects
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    in_progress, processed = registry_tables(out, topic, group)
+    status = {r.rel_filepath.as_posix(): r.status for r in in_progress}
+    assert status == {"bad/corrupt.bin": "failed", "bad/mismatch.bin": "mismatched_hash"}
+    assert sorted(r.rel_filepath.as_posix() for r in processed) == sorted(good)
+    err = run.stderr()
+    assert "bad/corrupt.bin" in err and "chunk 2/3 is corrupted" in err
+
+
+def test_sigterm_shuts_down_cleanly_with_summary(
+    tmp_path: Path, new_topic: Any, new_bucket: Any, s3_client: Any, kafka_bootstrap: str
+) -> None:
+    src = tmp_path / "src"
+    files = {"x.dat": b"x" * 1000}
+    write_tree(src, files)
+    topic = new_topic(partitions=1)
+    bucket = new_bucket()
+    produce_tree(kafka_bootstrap, topic, src, files, partitions=1)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    out = tmp_path / "out"
+    run = ProcessorRun(bucket, topic, group, out)
+    run.wait_for(lambda: f"{topic}/x.dat" in list_objects(s3_client, bucket), 120, "the object")
+    run.wait_for(lambda: "Transferred x.dat" in run.stderr(), 30, "the transfer line")
+    assert run.terminate() == 0
+    err = run.stderr()
+    assert "SIGTERM received: shutting down" in err
+    assert "1 total messages were consumed, 1 messages were successfully processed, and 1 files" in err
+    _, processed = registry_tables(out, topic, group)
+    assert [r.rel_filepath.as_posix() for r in processed] == ["x.dat"]
+    # A restart with the same group reads nothing again: the offset was committed.
+    run2 = ProcessorRun(bucket, topic, group, out)
+    run2.wait_for(lambda: "Listening to the" in run2.stderr(), 60, "startup")
+    assert run2.quit() == 0
+    assert "0 total messages were consumed" in run2.stderr()
+
+
+def test_closed_stdin_does_not_stop_the_processor(
+    tmp_path: Path, new_topic: Any, new_bucket: Any, s3_client: Any
+) -> None:
+    topic = new_topic(partitions=1)
+    bucket = new_bucket()
+    run = ProcessorRun(bucket, topic, f"g-{uuid.uuid4().hex[:8]}", tmp_path / "out")
+    run.wait_for(lambda: "Listening to the" in run.stderr(), 60, "startup")
+    assert run.proc.stdin is not None
+    run.proc.stdin.close()
+    run.wait_for(lambda: run.stderr().count("] .") >= 1, 30, "an alive marker after stdin closed")
+    assert run.proc.poll() is None
+    assert run.terminate() == 0
+
+
+def test_bad_config_and_unreachable_services_fail_clearly(
+    tmp_path: Path, new_topic: Any, new_bucket: Any
+) -> None:
+    bucket = new_bucket()
+    topic = new_topic(partitions=1)
+    cli = [sys.executable, "-m", "s3transfer_stream.cli.processor"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cli, *args], capture_output=True, text=True, timeout=120)
+
+    cfg = tmp_path / "no_s3.config"
+    cfg.write_text(
+        "[broker]\nbootstrap.servers = $LOCAL_KAFKA_BROKER_BOOTSTRAP_SERVERS\n"
+        "[consumer]\ngroup.id = create_new\n"
+    )
+    r = run(bucket, "--topic_name", topic, "--config", str(cfg), "--output_dir", str(tmp_path / "o1"))
+    assert r.returncode == 2
+    assert "[s3]" in r.stderr and str(cfg) in r.stderr
+
+    missing_topic = "no-such-topic-" + uuid.uuid4().hex[:6]
+    r = run(bucket, "--topic_name", missing_topic, "--output_dir", str(tmp_path / "o2"))
+    assert r.returncode == 2
+    assert "does not exist" in r.stderr and missing_topic in r.stderr
+
+    missing_bucket = "missing-" + uuid.uuid4().hex[:6]
+    r = run(missing_bucket, "--topic_name", topic, "--output_dir", str(tmp_path / "o3"))
+    assert r.returncode == 1
+    assert "cannot use bucket" in r.stderr and missing_bucket in r.stderr
+    assert os.environ["SECRET_KEY_ID"] not in r.stderr
+
+    r = run("bad/bucket", "--topic_name", topic)
+    assert r.returncode == 2 and "bucket name 'bad/bucket'" in r.stderr
