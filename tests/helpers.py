@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Producer
-
 from s3transfer_stream import _core
 from s3transfer_stream.kafka import file_partition
 
@@ -34,11 +33,15 @@ def encoded_chunks(root: Path, rel: str, chunk_size: int = CHUNK) -> list[tuple[
     subdir = "" if subdir == "." else subdir
     ch = _core.FileChunker(str(path), chunk_size)
     values = ch.messages(1, ch.n_chunks, subdir, path.name)
-    return [(_core.message_key(subdir, path.name, i + 1, ch.n_chunks), v) for i, v in enumerate(values)]
+    return [
+        (_core.message_key(subdir, path.name, i + 1, ch.n_chunks), v) for i, v in enumerate(values)
+    ]
 
 
 def producer(bootstrap: str) -> Producer:
-    return Producer({"bootstrap.servers": bootstrap, "message.max.bytes": "67108864", "linger.ms": "20"})
+    return Producer(
+        {"bootstrap.servers": bootstrap, "message.max.bytes": "67108864", "linger.ms": "20"}
+    )
 
 
 def produce(bootstrap: str, topic: str, messages: Iterable[tuple[str, Any, int]]) -> int:
@@ -66,7 +69,9 @@ def produce(bootstrap: str, topic: str, messages: Iterable[tuple[str, Any, int]]
     return n
 
 
-def produce_tree(bootstrap: str, topic: str, root: Path, rels: Iterable[str], partitions: int) -> int:
+def produce_tree(
+    bootstrap: str, topic: str, root: Path, rels: Iterable[str], partitions: int
+) -> int:
     """Produces files as our producer does: all chunks of a file to one partition, in order."""
 
     def gen() -> Iterable[tuple[str, Any, int]]:
@@ -87,7 +92,7 @@ class ProcessorRun:
 
     def __init__(self, bucket: str, topic: str, group: str, output_dir: Path, *extra: str) -> None:
         self.stderr_path = output_dir.parent / f"processor-{group}.stderr"
-        self._err = open(self.stderr_path, "w")  # noqa: SIM115 - closed in wait()
+        self._err = open(self.stderr_path, "w")
         args = [
             sys.executable,
             "-m",
@@ -104,7 +109,12 @@ class ProcessorRun:
             *extra,
         ]
         self.proc = subprocess.Popen(
-            args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._err, text=True, env=os.environ.copy()
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=self._err,
+            text=True,
+            env=os.environ.copy(),
         )
 
     def command(self, word: str) -> None:
@@ -121,7 +131,9 @@ class ProcessorRun:
             if predicate():
                 return
             if self.proc.poll() is not None:
-                raise AssertionError(f"processor exited early ({self.proc.returncode}):\n{self.stderr()}")
+                raise AssertionError(
+                    f"processor exited early ({self.proc.returncode}):\n{self.stderr()}"
+                )
             time.sleep(0.3)
         raise AssertionError(f"timed out waiting for {what}:\n{self.stderr()[-5000:]}")
 

@@ -12,10 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from s3transfer_stream import _core
-from s3transfer_stream.registry import InProgressRow, ProcessedRow, read_table
-
 from helpers import (
     CHUNK,
     ProcessorRun,
@@ -26,6 +22,8 @@ from helpers import (
     read_object,
     write_tree,
 )
+from s3transfer_stream import _core
+from s3transfer_stream.registry import InProgressRow, ProcessedRow, read_table
 
 pytestmark = pytest.mark.integration
 
@@ -42,13 +40,19 @@ def tree_of_54(rng: random.Random) -> dict[str, bytes]:
         "catalog.csv": b"id;name\n1;x\n",
     }
     for i in range(46):
-        files[f"sub{i % 5}/nested{i % 3}/file_{i:02d}.dat"] = rng.randbytes(rng.randrange(1, 3 * CHUNK))
+        files[f"sub{i % 5}/nested{i % 3}/file_{i:02d}.dat"] = rng.randbytes(
+            rng.randrange(1, 3 * CHUNK)
+        )
     return files
 
 
-def registry_tables(out: Path, topic: str, group: str) -> tuple[list[InProgressRow], list[ProcessedRow]]:
+def registry_tables(
+    out: Path, topic: str, group: str
+) -> tuple[list[InProgressRow], list[ProcessedRow]]:
     logs = out / "LOGS"
-    in_progress = read_table(InProgressRow, logs / f"consuming_from_{topic}_by_{group}_in_progress.csv")
+    in_progress = read_table(
+        InProgressRow, logs / f"consuming_from_{topic}_by_{group}_in_progress.csv"
+    )
     processed = read_table(ProcessedRow, logs / f"processed_from_{topic}_by_{group}.csv")
     return in_progress, processed
 
@@ -79,8 +83,12 @@ def test_tree_of_54_files_lands_identical_and_validated(
         key = f"{topic}/{rel}"
         got = read_object(s3_client, bucket, key)
         assert hashlib.sha512(got).digest() == hashlib.sha512(data).digest(), rel
-        line = next(ln for ln in err.splitlines() if f"Transferred {rel} -> s3://{bucket}/{key} " in ln)
-        assert "validated:" in line and "confirmed by the server" in line or "re-read object matches" in line
+        line = next(
+            ln for ln in err.splitlines() if f"Transferred {rel} -> s3://{bucket}/{key} " in ln
+        )
+        assert (
+            "validated:" in line and "confirmed by the server" in line
+        ) or "re-read object matches" in line
     big_line = next(ln for ln in err.splitlines() if "Transferred big/large.bin" in ln)
     assert " parts)" in big_line, big_line  # a multipart upload
     assert f"{len(files)} files transferred so far" in err
@@ -89,7 +97,9 @@ def test_tree_of_54_files_lands_identical_and_validated(
     in_progress, processed = registry_tables(out, topic, group)
     assert in_progress == []
     assert sorted(r.rel_filepath.as_posix() for r in processed) == sorted(files)
-    assert not list((out / "LOGS").glob(f"processed_from_{topic}_by_{group}_t*.csv"))  # consolidated
+    assert not list(
+        (out / "LOGS").glob(f"processed_from_{topic}_by_{group}_t*.csv")
+    )  # consolidated
     # No multipart upload was left open.
     assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
@@ -132,7 +142,16 @@ def test_out_of_order_duplicates_and_bad_files(
     pieces = [content[i : i + CHUNK] for i in range(0, len(content), CHUNK)]
     for i, piece in enumerate(pieces):
         value = _core.encode_chunk(
-            "mismatch.bin", wrong_hash, hashlib.sha512(piece).digest(), i * CHUNK, i + 1, len(pieces), "bad", "", piece, 1.0
+            "mismatch.bin",
+            wrong_hash,
+            hashlib.sha512(piece).digest(),
+            i * CHUNK,
+            i + 1,
+            len(pieces),
+            "bad",
+            "",
+            piece,
+            1.0,
         )
         msgs.append((_core.message_key("bad", "mismatch.bin", i + 1, len(pieces)), value, 1))
     rng.shuffle(msgs)
@@ -143,7 +162,9 @@ def test_out_of_order_duplicates_and_bad_files(
     run = ProcessorRun(bucket, topic, group, out)
     expected = {f"{topic}/{rel}": len(data) for rel, data in good.items()}
     run.wait_for(lambda: list_objects(s3_client, bucket) == expected, 180, "the good objects")
-    run.wait_for(lambda: run.stderr().count("cannot be reassembled") >= 2, 60, "both bad files reported")
+    run.wait_for(
+        lambda: run.stderr().count("cannot be reassembled") >= 2, 60, "both bad files reported"
+    )
     assert run.quit() == 0
 
     for rel, data in good.items():
@@ -177,7 +198,9 @@ def test_sigterm_shuts_down_cleanly_with_summary(
     assert run.terminate() == 0
     err = run.stderr()
     assert "SIGTERM received: shutting down" in err
-    assert "1 total messages were consumed, 1 messages were successfully processed, and 1 files" in err
+    assert (
+        "1 total messages were consumed, 1 messages were successfully processed, and 1 files" in err
+    )
     _, processed = registry_tables(out, topic, group)
     assert [r.rel_filepath.as_posix() for r in processed] == ["x.dat"]
     # A restart with the same group reads nothing again: the offset was committed.
@@ -216,7 +239,9 @@ def test_bad_config_and_unreachable_services_fail_clearly(
         "[broker]\nbootstrap.servers = $LOCAL_KAFKA_BROKER_BOOTSTRAP_SERVERS\n"
         "[consumer]\ngroup.id = create_new\n"
     )
-    r = run(bucket, "--topic_name", topic, "--config", str(cfg), "--output_dir", str(tmp_path / "o1"))
+    r = run(
+        bucket, "--topic_name", topic, "--config", str(cfg), "--output_dir", str(tmp_path / "o1")
+    )
     assert r.returncode == 2
     assert "[s3]" in r.stderr and str(cfg) in r.stderr
 

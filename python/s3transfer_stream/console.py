@@ -86,7 +86,9 @@ class Console:
             signal.signal(sig, handler)  # type: ignore[arg-type]
         self._previous.clear()
 
-    def run_until_stopped(self, tick: Callable[[], None] | None = None, interval: float = 0.2) -> None:
+    def run_until_stopped(
+        self, tick: Callable[[], None] | None = None, interval: float = 0.2
+    ) -> None:
         """Serves commands until a stop is requested; ``tick`` runs every ``interval`` s."""
         next_alive = time.monotonic() + self.alive_seconds if self.alive_seconds > 0 else None
         while not self.stop_requested.wait(interval):

@@ -61,6 +61,17 @@ class ProcessorOptions:
     shutdown_timeout: float = 120.0
 
 
+@dataclass(frozen=True)
+class TransferResult:
+    """One file safely in the bucket, and how that was checked."""
+
+    rel_path: str
+    key: str
+    size: int
+    parts: int
+    validation: str
+
+
 @dataclass
 class Stats:
     messages_read: int = 0
@@ -70,6 +81,7 @@ class Stats:
     files_failed: int = 0
     bytes_transferred: int = 0
     recent: list[str] = field(default_factory=list)
+    results: list[TransferResult] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, **deltas: int) -> None:
@@ -77,12 +89,14 @@ class Stats:
             for k, v in deltas.items():
                 setattr(self, k, getattr(self, k) + v)
 
-    def transferred(self, rel_path: str, size: int) -> None:
+    def transferred(self, result: TransferResult) -> None:
         with self.lock:
             self.files_transferred += 1
-            self.bytes_transferred += size
-            self.recent.append(rel_path)
+            self.bytes_transferred += result.size
+            self.recent.append(result.rel_path)
             del self.recent[:-50]
+            self.results.append(result)
+            del self.results[:-1000]
 
 
 @dataclass
@@ -137,7 +151,9 @@ class Watermarks:
         with self._lock:
             return {p for p, _ in self._pins.get(instance, [])}
 
-    def commit_positions(self, partitions: set[int], assembler_pins: dict[int, int]) -> dict[int, int]:
+    def commit_positions(
+        self, partitions: set[int], assembler_pins: dict[int, int]
+    ) -> dict[int, int]:
         with self._lock:
             out: dict[int, int] = {}
             for p in partitions:
@@ -158,7 +174,9 @@ class Watermarks:
 class S3TransferStreamProcessor:
     """Consumes a topic of file chunks and stores each file as an object in a bucket."""
 
-    def __init__(self, config: TransferConfig, options: ProcessorOptions, store: ObjectStore) -> None:
+    def __init__(
+        self, config: TransferConfig, options: ProcessorOptions, store: ObjectStore
+    ) -> None:
         self.config = config
         self.options = options
         self.store = store
@@ -172,7 +190,9 @@ class S3TransferStreamProcessor:
         self._uploads: dict[int, FileUpload] = {}
         self._uploads_lock = threading.Lock()
         self._in_flight = threading.BoundedSemaphore(options.max_parts_in_flight)
-        self._part_pool = ThreadPoolExecutor(options.max_parts_in_flight, thread_name_prefix="s3-part")
+        self._part_pool = ThreadPoolExecutor(
+            options.max_parts_in_flight, thread_name_prefix="s3-part"
+        )
         self._finish_pool = ThreadPoolExecutor(4, thread_name_prefix="s3-finish")
         self._threads: list[threading.Thread] = []
         self._thread_errors: list[BaseException] = []
@@ -182,7 +202,9 @@ class S3TransferStreamProcessor:
     def start(self) -> None:
         o = self.options
         self.log.info(f"Log files and output will be in {o.output_dir}")
-        self.log.info(f"Will process files from messages in the {o.topic} topic using {o.n_threads} thread(s)")
+        self.log.info(
+            f"Will process files from messages in the {o.topic} topic using {o.n_threads} thread(s)"
+        )
         for w in self.config.warnings():
             self.log.warning(w)
         self.registry.start()
@@ -196,7 +218,9 @@ class S3TransferStreamProcessor:
             t = threading.Thread(target=self._consume_guarded, args=(i,), name=f"consumer-{i}")
             t.start()
             self._threads.append(t)
-        self.log.info(f"Listening to the {o.topic} topic for files to add to the {o.bucket} bucket....")
+        self.log.info(
+            f"Listening to the {o.topic} topic for files to add to the {o.bucket} bucket...."
+        )
 
     def request_stop(self) -> None:
         self.stop.set()
@@ -239,9 +263,15 @@ class S3TransferStreamProcessor:
         )
         in_progress = self.assembler.in_progress()
         with self._uploads_lock:
-            uploading = [fu for fu in self._uploads.values() if fu.info.instance not in {f.instance for f, _, _ in in_progress}]
+            uploading = [
+                fu
+                for fu in self._uploads.values()
+                if fu.info.instance not in {f.instance for f, _, _ in in_progress}
+            ]
         for f, chunks, buffered in in_progress[:50]:
-            self.log.info(f"\t{f.rel_output_path} (in progress: {chunks}/{f.n_chunks} chunks, {buffered} bytes buffered)")
+            self.log.info(
+                f"\t{f.rel_output_path} (in progress: {chunks}/{f.n_chunks} chunks, {buffered} bytes buffered)"
+            )
         for fu in uploading[:50]:
             self.log.info(f"\t{fu.info.rel_output_path} (uploading)")
         for p in s.recent[-10:]:
@@ -254,12 +284,14 @@ class S3TransferStreamProcessor:
             self._consume(index)
         except BaseException as err:  # a dead consumer thread must not go unnoticed
             self._thread_errors.append(err)
-            self.log.error(f"Consumer thread {index} stopped: {type(err).__name__}: {err}", exc_info=True)
+            self.log.error(
+                f"Consumer thread {index} stopped: {type(err).__name__}: {err}", exc_info=True
+            )
             self.stop.set()
 
     def _consume(self, index: int) -> None:
         o = self.options
-        settings = self.config.consumer_settings(o.group_id)
+        settings: dict[str, Any] = dict(self.config.consumer_settings(o.group_id))
         settings["enable.auto.commit"] = "false"
         settings["enable.auto.offset.store"] = "false"
         settings.setdefault("auto.offset.reset", "earliest")
@@ -271,7 +303,9 @@ class S3TransferStreamProcessor:
 
         def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
             owned.update(tp.partition for tp in partitions)
-            self.log.debug(f"consumer {index} assigned partitions {sorted(tp.partition for tp in partitions)}")
+            self.log.debug(
+                f"consumer {index} assigned partitions {sorted(tp.partition for tp in partitions)}"
+            )
 
         def on_revoke(c: Consumer, partitions: list[TopicPartition]) -> None:
             revoked = [tp.partition for tp in partitions]
@@ -303,7 +337,11 @@ class S3TransferStreamProcessor:
         events, n_stored = self.assembler.add_messages(msgs)
         for m in msgs:
             self.watermarks.consumed(m.partition(), m.offset())
-        self.stats.add(messages_read=len(msgs), messages_processed=n_stored, messages_rejected=len(msgs) - n_stored)
+        self.stats.add(
+            messages_read=len(msgs),
+            messages_processed=n_stored,
+            messages_rejected=len(msgs) - n_stored,
+        )
         for ev in events:
             handler = getattr(self, f"_on_{ev.kind}")
             handler(ev)
@@ -318,21 +356,28 @@ class S3TransferStreamProcessor:
         except KafkaException as err:
             if err.args and err.args[0].code() == KafkaError._NO_OFFSET:
                 return
-            self.log.warning(f"Committing offsets of {self.options.topic} failed (will retry): {err}")
+            self.log.warning(
+                f"Committing offsets of {self.options.topic} failed (will retry): {err}"
+            )
 
     def _drain(self, partitions: set[int], timeout: float | None = None) -> None:
         """Waits for uploads of files whose chunks sit in ``partitions``."""
-        deadline = time.monotonic() + (self.options.shutdown_timeout if timeout is None else timeout)
+        deadline = time.monotonic() + (
+            self.options.shutdown_timeout if timeout is None else timeout
+        )
         while time.monotonic() < deadline:
             with self._uploads_lock:
                 busy = [
-                    fu for fu in self._uploads.values()
+                    fu
+                    for fu in self._uploads.values()
                     if self.watermarks.pinned_partitions(fu.info.instance) & partitions
                 ]
             if not busy:
                 return
             time.sleep(0.05)
-        self.log.warning(f"Gave up waiting for {len(busy)} upload(s) to finish; they will be re-read next run")
+        self.log.warning(
+            f"Gave up waiting for {len(busy)} upload(s) to finish; they will be re-read next run"
+        )
 
     def _release_partitions(self, consumer: Consumer, revoked: list[int], owned: set[int]) -> None:
         self._drain(set(revoked), timeout=30.0)
@@ -394,7 +439,9 @@ class S3TransferStreamProcessor:
                 return
         self._in_flight.acquire()
         try:
-            fut = self._part_pool.submit(self._upload_part, fu, ev.part_number, ev.data, ev.crc64nvme)
+            fut = self._part_pool.submit(
+                self._upload_part, fu, ev.part_number, ev.data, ev.crc64nvme
+            )
         except BaseException:
             self._in_flight.release()
             raise
@@ -424,7 +471,7 @@ class S3TransferStreamProcessor:
     def _finish_single(self, fu: FileUpload, data: Any, size: int, crc: int) -> None:
         try:
             try:
-                sent = self.store.put(fu.key, data, crc64nvme=crc, sha512=fu.info.file_hash)
+                sent = self.store.put(fu.key, data, crc64nvme=crc)
             finally:
                 del data
                 self._in_flight.release()
@@ -449,21 +496,27 @@ class S3TransferStreamProcessor:
         except Exception as err:
             if fu.upload_id:
                 self.store.abort_multipart(fu.key, fu.upload_id)
-            self._upload_failed(fu, f"completing the multipart upload failed: {describe_client_error(err)}")
+            self._upload_failed(
+                fu, f"completing the multipart upload failed: {describe_client_error(err)}"
+            )
 
     def _validated(self, fu: FileUpload, size: int, sent: dict[str, str], parts: int) -> None:
         info = fu.info
         try:
             v = self.store.validate_object(fu.key, size, sent, info.file_hash)
         except Exception as err:
-            v = Validation(False, "error", f"could not read back the object: {describe_client_error(err)}")
+            v = Validation(
+                False, "error", f"could not read back the object: {describe_client_error(err)}"
+            )
         if not v.ok:
             self._upload_failed(fu, f"validation failed: {v.text}")
             return
-        self.registry.register_processed(info.rel_path, info.filename, info.n_chunks, fu.first_message)
+        self.registry.register_processed(
+            info.rel_path, info.filename, info.n_chunks, fu.first_message
+        )
         self._pop_upload(info.instance)
         self.watermarks.unpin(info.instance)
-        self.stats.transferred(info.rel_output_path, size)
+        self.stats.transferred(TransferResult(info.rel_output_path, fu.key, size, parts, v.text))
         how = f"{parts} parts" if parts else "single PUT"
         self.log.info(
             f"Transferred {info.rel_output_path} -> s3://{self.options.bucket}/{fu.key} "
@@ -472,7 +525,9 @@ class S3TransferStreamProcessor:
 
     def _upload_failed(self, fu: FileUpload, reason: str) -> None:
         info = fu.info
-        self.log.error(f"Failed to transfer {info.rel_output_path} to s3://{self.options.bucket}/{fu.key}: {reason}")
+        self.log.error(
+            f"Failed to transfer {info.rel_output_path} to s3://{self.options.bucket}/{fu.key}: {reason}"
+        )
         self.registry.register_failed(info.rel_path, info.filename, info.n_chunks, status="failed")
         self._pop_upload(info.instance)
         self.watermarks.hold(info.instance)
@@ -486,13 +541,17 @@ class S3TransferStreamProcessor:
         if fu is not None and fu.upload_id:
             self._finish_pool.submit(self.store.abort_multipart, fu.key, fu.upload_id)
         status = "mismatched_hash" if ev.hash_mismatch else "failed"
-        self.log.error(f"File {info.rel_output_path} cannot be reassembled ({status}): {ev.reason}; nothing was stored")
+        self.log.error(
+            f"File {info.rel_output_path} cannot be reassembled ({status}): {ev.reason}; nothing was stored"
+        )
         self.registry.register_failed(info.rel_path, info.filename, info.n_chunks, status=status)
         self.stats.add(files_failed=1)
 
     def _on_superseded(self, ev: Any) -> None:
         fu = self._pop_upload(ev.file.instance)
-        self.log.info(f"A newer version of {ev.file.rel_output_path} replaces the one being received")
+        self.log.info(
+            f"A newer version of {ev.file.rel_output_path} replaces the one being received"
+        )
         if fu is not None and fu.upload_id:
             self._finish_pool.submit(self.store.abort_multipart, fu.key, fu.upload_id)
 
@@ -502,7 +561,9 @@ class S3TransferStreamProcessor:
         )
 
 
-def run_processor(config: TransferConfig, options: ProcessorOptions, store: ObjectStore) -> S3TransferStreamProcessor:
+def run_processor(
+    config: TransferConfig, options: ProcessorOptions, store: ObjectStore
+) -> S3TransferStreamProcessor:
     """Builds and starts a processor (the caller stops it with ``shutdown``)."""
     p = S3TransferStreamProcessor(config, options, store)
     p.start()

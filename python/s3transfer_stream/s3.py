@@ -16,9 +16,6 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-#: Anything with the buffer protocol (``bytes``, ``memoryview``, ``_core.Buffer``).
-BufferLike = Any
-
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -27,6 +24,9 @@ from . import _core
 from .config import S3Settings
 from .errors import TransferError
 from .logs import get_logger
+
+#: Anything with the buffer protocol (``bytes``, ``memoryview``, ``_core.Buffer``).
+BufferLike = Any
 
 #: Validation modes: compare server-reported checksums, or re-read the whole object.
 VALIDATE_CHOICES = ("checksum", "full")
@@ -66,7 +66,9 @@ class BufferReader(io.RawIOBase):
         return self._pos
 
     def read(self, size: int | None = -1) -> memoryview:  # type: ignore[override]
-        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._pos + size)
+        end = (
+            len(self._view) if size is None or size < 0 else min(len(self._view), self._pos + size)
+        )
         out = self._view[self._pos : end]
         self._pos = end
         return out
@@ -151,35 +153,35 @@ class ObjectStore:
         self.validate = validate
         self._lock = threading.Lock()
         # What this server turned out to support; learnt from its answers.
-        self.sha512_put = True
+        self.checksum_put = True
         self.reports_checksums = True
         self._log = get_logger()
 
     # -- single PUT ---------------------------------------------------------
 
-    def put(self, key: str, data: BufferLike, *, crc64nvme: int, sha512: bytes) -> dict[str, str]:
-        """One PUT. Carries the producer's SHA-512 when the server takes it (then
-        the server itself verifies the producer's hash), else our CRC64NVME."""
-        if self.sha512_put:
+    def put(self, key: str, data: BufferLike, *, crc64nvme: int) -> dict[str, str]:
+        """One PUT carrying our CRC64NVME, so the server refuses bytes that changed
+        on the way. A server that does not take the checksum gets a plain PUT
+        (said once in the log); validation then re-reads the object instead."""
+        if self.checksum_put:
+            value = b64_crc64(crc64nvme)
             try:
                 self.client.put_object(
-                    Bucket=self.bucket, Key=key, Body=BufferReader(data), ChecksumSHA512=b64(sha512)
+                    Bucket=self.bucket, Key=key, Body=BufferReader(data), ChecksumCRC64NVME=value
                 )
-                return {"ChecksumSHA512": b64(sha512)}
+                return {"ChecksumCRC64NVME": value}
             except ClientError as err:
                 if not _unsupported_checksum(err):
                     raise
                 with self._lock:
-                    if self.sha512_put:
-                        self.sha512_put = False
-                        self._log.info(
-                            "The S3 server does not accept SHA-512 checksums "
-                            f"({describe_client_error(err)}); using CRC64NVME instead"
+                    if self.checksum_put:
+                        self.checksum_put = False
+                        self._log.warning(
+                            "The S3 server does not accept CRC64NVME checksums "
+                            f"({describe_client_error(err)}); uploading without them"
                         )
-        self.client.put_object(
-            Bucket=self.bucket, Key=key, Body=BufferReader(data), ChecksumCRC64NVME=b64_crc64(crc64nvme)
-        )
-        return {"ChecksumCRC64NVME": b64_crc64(crc64nvme)}
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=BufferReader(data))
+        return {}
 
     # -- multipart -------------------------------------------------------------
 
@@ -189,7 +191,9 @@ class ObjectStore:
         )
         return str(r["UploadId"])
 
-    def upload_part(self, key: str, upload_id: str, number: int, data: BufferLike, crc64nvme: int) -> dict[str, Any]:
+    def upload_part(
+        self, key: str, upload_id: str, number: int, data: BufferLike, crc64nvme: int
+    ) -> dict[str, Any]:
         r = self.client.upload_part(
             Bucket=self.bucket,
             Key=key,
@@ -200,7 +204,9 @@ class ObjectStore:
         )
         return {"PartNumber": number, "ETag": r["ETag"], "ChecksumCRC64NVME": b64_crc64(crc64nvme)}
 
-    def complete_multipart(self, key: str, upload_id: str, parts: list[dict[str, Any]], crc64nvme: int) -> dict[str, str]:
+    def complete_multipart(
+        self, key: str, upload_id: str, parts: list[dict[str, Any]], crc64nvme: int
+    ) -> dict[str, str]:
         self.client.complete_multipart_upload(
             Bucket=self.bucket,
             Key=key,
@@ -221,22 +227,31 @@ class ObjectStore:
 
     # -- validation ------------------------------------------------------------
 
-    def validate_object(self, key: str, size: int, sent: dict[str, str], sha512: bytes) -> Validation:
+    def validate_object(
+        self, key: str, size: int, sent: dict[str, str], sha512: bytes
+    ) -> Validation:
         """Compares what the bucket holds with what we sent and the producer hashed."""
         if self.validate == "checksum" and self.reports_checksums:
             head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
             stored_size = int(head.get("ContentLength", -1))
             if stored_size != size:
-                return Validation(False, "size", f"stored object has {stored_size} bytes, expected {size}")
+                return Validation(
+                    False, "size", f"stored object has {stored_size} bytes, expected {size}"
+                )
             for name, value in sent.items():
                 got = head.get(name)
                 if got is None:
                     continue
                 algo = name.removeprefix("Checksum")
                 if got == value:
-                    what = "producer's SHA-512" if algo == "SHA512" else f"{algo} full-object checksum"
-                    return Validation(True, algo.lower(), f"{what} confirmed by the server")
-                return Validation(False, algo.lower(), f"server reports {algo} {got}, expected {value}")
+                    return Validation(
+                        True,
+                        algo.lower(),
+                        f"{algo} of the SHA-512-verified bytes confirmed by the server",
+                    )
+                return Validation(
+                    False, algo.lower(), f"server reports {algo} {got}, expected {value}"
+                )
             with self._lock:
                 if self.reports_checksums:
                     self.reports_checksums = False
@@ -260,11 +275,13 @@ class ObjectStore:
         if n != size:
             return Validation(False, "sha512-reread", f"re-read {n} bytes, expected {size}")
         if hasher.digest() != sha512:
-            return Validation(False, "sha512-reread", "SHA-512 of the stored object differs from the producer's")
+            return Validation(
+                False, "sha512-reread", "SHA-512 of the stored object differs from the producer's"
+            )
         return Validation(True, "sha512-reread", "re-read object matches the producer's SHA-512")
 
 
 def _unsupported_checksum(err: ClientError) -> bool:
     code = str(err.response.get("Error", {}).get("Code", ""))
     status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return code in {"InvalidRequest", "NotImplemented", "InvalidArgument", "XAmzContentChecksumMismatch"} or status == 501
+    return code in {"NotImplemented", "InvalidArgument"} or status == 501

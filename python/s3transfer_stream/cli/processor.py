@@ -49,7 +49,9 @@ def regex(value: str) -> re.Pattern[str]:
     try:
         return re.compile(value)
     except re.error as err:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a valid regular expression: {err}") from None
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a valid regular expression: {err}"
+        ) from None
 
 
 def level(value: str) -> int:
@@ -71,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("bucket_name", type=bucket_name, help="name of the S3 bucket to upload files into")
+    p.add_argument(
+        "bucket_name", type=bucket_name, help="name of the S3 bucket to upload files into"
+    )
     p.add_argument(
         "--config",
         default="local",
@@ -85,7 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="same as --topic_name (kept for OpenMSIStream compatibility); wins if both are given",
     )
-    p.add_argument("--producer_topic_name", default=None, help="accepted for OpenMSIStream compatibility; unused")
+    p.add_argument(
+        "--producer_topic_name",
+        default=None,
+        help="accepted for OpenMSIStream compatibility; unused",
+    )
     p.add_argument(
         "--consumer_group_id",
         default="create_new",
@@ -140,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="parts being uploaded at once; with the part size this bounds the memory used for uploads",
     )
     p.add_argument("--logger_stream_level", type=level, default="info", help="log level on stderr")
-    p.add_argument("--logger_file_level", type=level, default="warning", help="log level of the log file")
+    p.add_argument(
+        "--logger_file_level", type=level, default="warning", help="log level of the log file"
+    )
     p.add_argument(
         "--logger_file_path",
         type=Path,
@@ -148,24 +158,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="directory for the log file (a path with a suffix means its parent directory); "
         "default: <output_dir>/LOGS",
     )
-    for name in ("--heartbeat_topic_name", "--heartbeat_program_id", "--log_topic_name", "--log_program_id"):
+    for name in (
+        "--heartbeat_topic_name",
+        "--heartbeat_program_id",
+        "--log_topic_name",
+        "--log_program_id",
+    ):
         p.add_argument(name, default=None, help="not supported yet; giving it is an error")
     for name, default in (("--heartbeat_interval_secs", 900), ("--log_interval_secs", 60)):
-        p.add_argument(name, type=int, default=default, help="not supported yet (heartbeats and log topics)")
+        p.add_argument(
+            name, type=int, default=default, help="not supported yet (heartbeats and log topics)"
+        )
     p.add_argument(
         "--treat_undecryptable_as_plaintext",
         action="store_true",
         help="not supported: encrypted (KafkaCrypto) topics are not supported; giving it is an error",
     )
-    p.add_argument("--max_wait_per_decrypt", type=float, default=5.0, help="not supported (KafkaCrypto)")
-    p.add_argument("--max_initial_wait_per_decrypt", type=float, default=60.0, help="not supported (KafkaCrypto)")
+    p.add_argument(
+        "--max_wait_per_decrypt", type=float, default=5.0, help="not supported (KafkaCrypto)"
+    )
+    p.add_argument(
+        "--max_initial_wait_per_decrypt",
+        type=float,
+        default=60.0,
+        help="not supported (KafkaCrypto)",
+    )
     return p
 
 
 def options_from_args(args: argparse.Namespace) -> ProcessorOptions:
     unsupported = [
         name
-        for name in ("heartbeat_topic_name", "heartbeat_program_id", "log_topic_name", "log_program_id")
+        for name in (
+            "heartbeat_topic_name",
+            "heartbeat_program_id",
+            "log_topic_name",
+            "log_program_id",
+        )
         if getattr(args, name)
     ]
     if args.treat_undecryptable_as_plaintext:
@@ -209,7 +238,9 @@ def main(argv: list[str] | None = None, *, stdin: TextIO | None = None) -> int:
         PROGRAM, logs_dir, stream_level=args.logger_stream_level, file_level=args.logger_file_level
     )
     if args.mode != "memory":
-        log.info(f"--mode {args.mode}: files stream to S3 in bounded memory; nothing is written to disk")
+        log.info(
+            f"--mode {args.mode}: files stream to S3 in bounded memory; nothing is written to disk"
+        )
     try:
         config = load_config(args.config, require=("broker", "consumer", "s3"))
         if "kafkacrypto" in config.sections:
