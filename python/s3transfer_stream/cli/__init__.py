@@ -1,0 +1,1 @@
+"""Command-line programs of s3transfer-stream."""

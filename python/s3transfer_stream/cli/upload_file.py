@@ -1,0 +1,104 @@
+"""``UploadDataFile``: send one file to a Kafka topic as OpenMSIStream chunk messages."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+
+from ..errors import ConfigError, TransferError
+from ..kafka import make_producer, partition_count
+from ..producer import send_file
+from . import common
+
+PROG = "UploadDataFile"
+
+DESCRIPTION = """\
+Send one file to a Kafka topic as OpenMSIStream-format chunk messages (readable by
+S3TransferStreamProcessor and by OpenMSIStream's consumers), then wait until the
+broker has acknowledged every chunk. The file is sent at the top level (its subdir
+is ""); all its chunks go to one partition of the topic.
+
+Exit status: 0 when every chunk was delivered, 1 when some could not be (or the file
+changed while it was sent), 2 for a usage or config error (missing file, bad config,
+missing topic, unreachable broker).
+
+Unlike OpenMSIStream, no UploadDataFile.log is written next to the file: messages go
+to stderr, and to a log file only if --logger_file_path is given."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = common.ArgumentParser(PROG, DESCRIPTION)
+    parser.add_argument(
+        "filepath", type=common.existing_file, help="path of the file to send (must exist)"
+    )
+    common.add_config_arg(parser)
+    common.add_topic_arg(parser)
+    common.add_chunk_size_arg(parser)
+    common.add_n_threads_arg(
+        parser, "number of threads reading, hashing and producing chunks of the file"
+    )
+    common.add_logger_args(parser, "Without it there is no log file.")
+    return parser
+
+
+def _mb_per_s(size: int, seconds: float) -> str:
+    return f"{size / 1e6 / seconds:.1f} MB/s" if seconds > 0 else "-"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    log: logging.Logger | None = None
+    try:
+        log = common.setup_program_logging(PROG, args, None)
+    except OSError as exc:
+        return common.fail(None, f"cannot open the log file: {exc}", common.EXIT_USAGE)
+    topic = common.topic_from(args)
+    try:
+        config = common.load_producer_config(args.config)
+        common.log_config_notes(config, log)
+        producer = make_producer(config.producer, chunk_size=args.chunk_size)
+        n_partitions = partition_count(producer, topic)
+    except ConfigError as exc:
+        return common.fail(log, str(exc), common.EXIT_USAGE)
+    path = args.filepath
+    log.info(
+        f"Sending {path} to the {topic} topic as {args.chunk_size}-byte chunks using "
+        f"{args.n_threads} thread(s)"
+    )
+    try:
+        result = send_file(
+            producer,
+            topic,
+            path,
+            root=path.parent,
+            chunk_size=args.chunk_size,
+            n_partitions=n_partitions,
+            n_threads=args.n_threads,
+            wait=True,
+        )
+    except TransferError as exc:
+        producer.flush(10)
+        return common.fail(log, str(exc), common.EXIT_FAILED)
+    except KeyboardInterrupt:
+        log.warning("interrupted: the file was not sent completely")
+        producer.flush(5)
+        return 130
+    if not result.complete:
+        errors = "; ".join(result.errors) or "no delivery report"
+        return common.fail(
+            log,
+            f"{result.n_failed} of {result.n_to_send} chunk(s) of {path} could not be "
+            f"delivered to the {topic} topic ({errors})",
+            common.EXIT_FAILED,
+        )
+    log.info(
+        f"Sent {path.name} ({result.size} bytes, {result.n_chunks} chunk(s)) to partition "
+        f"{result.partition} of the {topic} topic in {result.seconds:.2f} s "
+        f"({_mb_per_s(result.size, result.seconds)})"
+    )
+    return common.EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
