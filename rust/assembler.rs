@@ -62,6 +62,8 @@ pub struct FileInfo {
 
 /// Per partition, the lowest offset of a chunk of the file.
 pub type Pins = Vec<(i32, i64)>;
+/// Per partition, the half-open offset ranges of a file's messages.
+pub type OffsetRuns = Vec<(i32, Vec<(i64, i64)>)>;
 
 #[derive(Debug)]
 pub enum Event {
@@ -78,10 +80,11 @@ pub enum Event {
         crc64nvme: u64,
         parts: u32,
         pins: Pins,
+        offsets: OffsetRuns,
     },
     /// The file cannot be completed from these chunks (hash mismatch, corrupted
     /// or contradictory chunks). Nothing of it may become visible.
-    Failed { file: FileInfo, reason: String, hash_mismatch: bool, pins: Pins },
+    Failed { file: FileInfo, reason: String, hash_mismatch: bool, pins: Pins, offsets: OffsetRuns },
     /// A newer generation of the file replaced this unfinished one.
     Superseded { file: FileInfo },
     /// The message is not a usable chunk; no file state was touched.
@@ -161,7 +164,8 @@ struct FileAssembly {
     parts: BTreeMap<u64, Slot>,
     hashed_upto: u64,
     running: Running,
-    pins: BTreeMap<i32, (i64, i64)>,
+    /// Exact Kafka offsets of this file's messages (duplicates included), per partition.
+    offsets: BTreeMap<i32, IntervalSet>,
     parts_released: u32,
     /// Set when the file has left the table; a thread that still holds it retries.
     retired: bool,
@@ -186,6 +190,10 @@ struct Table {
 pub struct Assembler {
     part_size: u64,
     table: Mutex<Table>,
+    /// Offsets of messages already accounted for (their files are in the bucket
+    /// or recorded as bad), learnt from the committed offset's metadata: they are
+    /// skipped before any decoding when a restart reads them again.
+    skip: Mutex<HashMap<i32, IntervalSet>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -202,13 +210,13 @@ impl Assembler {
                 "part size {part_size} is below S3's minimum part size of {MIN_PART_SIZE} bytes"
             ));
         }
-        Ok(Self { part_size, table: Mutex::new(Table::default()) })
+        Ok(Self { part_size, table: Mutex::new(Table::default()), skip: Mutex::default() })
     }
 
     /// Test-only constructor that allows tiny parts.
     #[doc(hidden)]
     pub fn with_any_part_size(part_size: u64) -> Self {
-        Self { part_size: part_size.max(1), table: Mutex::new(Table::default()) }
+        Self { part_size: part_size.max(1), table: Mutex::new(Table::default()), skip: Mutex::default() }
     }
 
     pub fn part_size(&self) -> u64 {
@@ -217,6 +225,12 @@ impl Assembler {
 
     /// Decodes, verifies and stores one message; events are appended to `out`.
     pub fn add(&self, pos: Position, message: &[u8], out: &mut Vec<Event>) -> Disposition {
+        if pos.offset >= 0 {
+            let skip = lock(&self.skip);
+            if skip.get(&pos.partition).is_some_and(|s| s.contains(pos.offset as u64)) {
+                return Disposition::Duplicate;
+            }
+        }
         let chunk = match wire::decode(message) {
             Ok(c) => c,
             Err(error) => {
@@ -255,9 +269,7 @@ impl Assembler {
             return false;
         }
         let _ = fa.chunks.insert(chunk.chunk_i, chunk.chunk_i + 1);
-        let pin = fa.pins.entry(pos.partition).or_insert((pos.offset, pos.offset));
-        pin.0 = pin.0.min(pos.offset);
-        pin.1 = pin.1.max(pos.offset);
+        fa.record(pos);
         drop(fa);
         let reason =
             format!("chunk {}/{} is corrupted ({})", chunk.chunk_i, chunk.n_total_chunks, error.detail);
@@ -405,7 +417,7 @@ impl Assembler {
             info: fa.info.clone(),
             succeeded,
             chunks: std::mem::take(&mut fa.chunks),
-            max_offsets: fa.pins.iter().map(|(p, (_, max))| (*p, *max)).collect(),
+            max_offsets: fa.offsets.iter().map(|(p, set)| (*p, set.max_end() as i64 - 1)).collect(),
         };
         fa.parts.clear();
         drop(fa);
@@ -432,12 +444,34 @@ impl Assembler {
         hash_mismatch: bool,
         out: &mut Vec<Event>,
     ) {
-        let (info, pins) = {
+        let (info, pins, offsets) = {
             let fa = lock(file);
-            (fa.info.clone(), fa.pin_list())
+            (fa.info.clone(), fa.pin_list(), fa.offset_runs())
         };
-        out.push(Event::Failed { file: info, reason, hash_mismatch, pins });
+        out.push(Event::Failed { file: info, reason, hash_mismatch, pins, offsets });
         self.retire(file, false);
+    }
+
+    /// Marks offset ranges (half-open) of `partition` as already accounted for.
+    pub fn skip_offsets(&self, partition: i32, ranges: &[(i64, i64)]) {
+        let mut skip = lock(&self.skip);
+        let set = skip.entry(partition).or_default();
+        for &(a, b) in ranges {
+            if a >= 0 && b > a {
+                // Overlaps only mean the range was given twice.
+                for (lo, hi) in set.missing(a as u64, b as u64) {
+                    let _ = set.insert(lo, hi);
+                }
+            }
+        }
+    }
+
+    /// Forgets the skip ranges of `partitions` (they were revoked).
+    pub fn clear_skips(&self, partitions: &[i32]) {
+        let mut skip = lock(&self.skip);
+        for p in partitions {
+            skip.remove(p);
+        }
     }
 
     /// Per partition, the lowest offset still needed by a file being assembled.
@@ -449,9 +483,9 @@ impl Assembler {
             if fa.info.echo {
                 continue;
             }
-            for (p, (min, _)) in &fa.pins {
-                let e = out.entry(*p).or_insert(*min);
-                *e = (*e).min(*min);
+            for (p, min) in fa.pin_list() {
+                let e = out.entry(p).or_insert(min);
+                *e = (*e).min(min);
             }
         }
         out
@@ -465,7 +499,7 @@ impl Assembler {
         let mut dropped = Vec::new();
         t.files.retain(|_, f| {
             let mut fa = lock(f);
-            if fa.pins.keys().any(|p| partitions.contains(p)) {
+            if fa.offsets.keys().any(|p| partitions.contains(p)) {
                 fa.retired = true;
                 dropped.push(fa.info.clone());
                 false
@@ -528,14 +562,28 @@ impl FileAssembly {
             parts: BTreeMap::new(),
             hashed_upto: 0,
             running: Running::default(),
-            pins: BTreeMap::new(),
+            offsets: BTreeMap::new(),
             parts_released: 0,
             retired: false,
         }
     }
 
+    fn record(&mut self, pos: Position) {
+        // Offsets are never negative for consumed messages; a duplicate at the same
+        // offset (a redelivery) is already recorded.
+        let o = pos.offset.max(0) as u64;
+        let _ = self.offsets.entry(pos.partition).or_default().insert(o, o + 1);
+    }
+
     fn pin_list(&self) -> Pins {
-        self.pins.iter().map(|(p, (min, _))| (*p, *min)).collect()
+        self.offsets.iter().filter_map(|(p, set)| set.min_start().map(|m| (*p, m as i64))).collect()
+    }
+
+    fn offset_runs(&self) -> OffsetRuns {
+        self.offsets
+            .iter()
+            .map(|(p, set)| (*p, set.ranges().map(|(a, b)| (a as i64, b as i64)).collect()))
+            .collect()
     }
 
     fn part_len(&self, k: u64) -> u64 {
@@ -549,6 +597,7 @@ impl FileAssembly {
         let i = chunk.chunk_i;
         let n = self.info.n_chunks;
         if self.chunks.contains(i) {
+            self.record(pos);
             return Ok(Stored::Duplicate);
         }
         let start = chunk.chunk_offset_write;
@@ -578,9 +627,7 @@ impl FileAssembly {
             ));
         }
         self.chunks.insert(i, i + 1).expect("checked absent above");
-        let pin = self.pins.entry(pos.partition).or_insert((pos.offset, pos.offset));
-        pin.0 = pin.0.min(pos.offset);
-        pin.1 = pin.1.max(pos.offset);
+        self.record(pos);
 
         self.write(start, chunk.data);
         self.advance_hash();
@@ -705,6 +752,7 @@ impl FileAssembly {
                 ),
                 hash_mismatch: true,
                 pins: self.pin_list(),
+                offsets: self.offset_runs(),
             });
             return Ok(false);
         }
@@ -724,6 +772,7 @@ impl FileAssembly {
             crc64nvme: crc,
             parts: self.parts_released,
             pins: self.pin_list(),
+            offsets: self.offset_runs(),
         });
         Ok(true)
     }
@@ -948,6 +997,32 @@ mod tests {
         let (objs, events) = run(&asm, &feed);
         assert_eq!(objs["g"], new);
         assert!(events.iter().any(|e| matches!(e, Event::Superseded { .. })));
+    }
+
+    #[test]
+    fn skipped_offsets_are_not_decoded_and_events_carry_offset_runs() {
+        let asm = Assembler::with_any_part_size(1000);
+        let a = chunks_of("a", "", &content(300, 9), 100, 1.0);
+        asm.skip_offsets(0, &[(0, 2)]);
+        let mut ev = Vec::new();
+        let d = asm.add(Position { partition: 0, offset: 1 }, b"not even msgpack", &mut ev);
+        assert_eq!(d, Disposition::Duplicate);
+        assert!(ev.is_empty());
+        for (i, m) in a.iter().enumerate() {
+            asm.add(Position { partition: 0, offset: 10 + 2 * i as i64 }, &m.bytes, &mut ev);
+            if i == 0 {
+                // A redelivery of chunk 1 at another offset belongs to the file too.
+                asm.add(Position { partition: 0, offset: 11 }, &m.bytes, &mut ev);
+            }
+        }
+        let runs = ev.iter().find_map(|e| match e {
+            Event::Complete { offsets, pins, .. } => Some((offsets.clone(), pins.clone())),
+            _ => None,
+        });
+        assert_eq!(runs, Some((vec![(0, vec![(10, 13), (14, 15)])], vec![(0, 10)])));
+        asm.clear_skips(&[0]);
+        let d = asm.add(Position { partition: 0, offset: 1 }, b"not even msgpack", &mut ev);
+        assert_eq!(d, Disposition::Rejected);
     }
 
     #[test]

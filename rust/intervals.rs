@@ -73,6 +73,38 @@ impl IntervalSet {
         self.ranges.values().next_back().copied().unwrap_or(0)
     }
 
+    pub fn min_start(&self) -> Option<u64> {
+        self.ranges.keys().next().copied()
+    }
+
+    pub fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.ranges.iter().map(|(s, e)| (*s, *e))
+    }
+
+    /// The parts of `[start, end)` not in the set, in order.
+    pub fn missing(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut at = start;
+        let first = self.ranges.range(..=start).next_back().map(|(s, e)| (*s, *e));
+        let iter = first.into_iter().chain(self.ranges.range(start + 1..end).map(|(s, e)| (*s, *e)));
+        for (s, e) in iter {
+            if e <= at {
+                continue;
+            }
+            if s > at {
+                out.push((at, s.min(end)));
+            }
+            at = at.max(e);
+            if at >= end {
+                break;
+            }
+        }
+        if at < end {
+            out.push((at, end));
+        }
+        out
+    }
+
     pub fn n_ranges(&self) -> usize {
         self.ranges.len()
     }
@@ -103,8 +135,18 @@ mod tests {
         assert_eq!(s.end_of_run(30), None);
         assert_eq!(s.covered(), 40);
         assert_eq!(s.max_end(), 50);
+        assert_eq!(s.missing(25, 45), vec![(30, 40)]);
+        assert_eq!(s.missing(25, 60), vec![(30, 40), (50, 60)]);
         s.insert(30, 40).unwrap();
         assert!(s.is_exactly(0, 50));
+        assert_eq!(s.missing(0, 100), vec![(50, 100)]);
+        let mut g = IntervalSet::new();
+        g.insert(10, 20).unwrap();
+        g.insert(30, 40).unwrap();
+        assert_eq!(g.missing(0, 50), vec![(0, 10), (20, 30), (40, 50)]);
+        assert_eq!(g.missing(15, 35), vec![(20, 30)]);
+        assert_eq!(g.min_start(), Some(10));
+        assert_eq!(g.ranges().collect::<Vec<_>>(), vec![(10, 20), (30, 40)]);
     }
 
     proptest! {

@@ -282,6 +282,8 @@ pub struct Event {
     crc64nvme: u64,
     parts: u32,
     pins: Vec<(i32, i64)>,
+    /// Per partition, half-open ranges of the Kafka offsets of the file's messages.
+    offsets: Vec<(i32, Vec<(i64, i64)>)>,
     reason: String,
     hash_mismatch: bool,
     partition: i32,
@@ -300,6 +302,7 @@ impl Event {
             crc64nvme: 0,
             parts: 0,
             pins: Vec::new(),
+            offsets: Vec::new(),
             reason: String::new(),
             hash_mismatch: false,
             partition: -1,
@@ -322,20 +325,22 @@ impl Event {
                 crc64nvme,
                 ..Self::blank("part")
             },
-            RustEvent::Complete { file, size, single, crc64nvme, parts, pins } => Self {
+            RustEvent::Complete { file, size, single, crc64nvme, parts, pins, offsets } => Self {
                 file: Some(file_info(py, &file)?),
                 data: single.map(|b| buffer(py, b)).transpose()?,
                 size,
                 crc64nvme,
                 parts,
                 pins,
+                offsets,
                 ..Self::blank("complete")
             },
-            RustEvent::Failed { file, reason, hash_mismatch, pins } => Self {
+            RustEvent::Failed { file, reason, hash_mismatch, pins, offsets } => Self {
                 file: Some(file_info(py, &file)?),
                 reason,
                 hash_mismatch,
                 pins,
+                offsets,
                 ..Self::blank("failed")
             },
             RustEvent::Rejected { position, error } => Self {
@@ -432,6 +437,16 @@ impl Assembler {
         });
         let events = events.into_iter().map(|e| Event::from_rust(py, e)).collect::<PyResult<_>>()?;
         Ok((events, stored))
+    }
+
+    /// Marks half-open offset ranges of `partition` as already accounted for:
+    /// messages there are skipped without being decoded.
+    fn skip_offsets(&self, partition: i32, ranges: Vec<(i64, i64)>) {
+        self.inner.skip_offsets(partition, &ranges);
+    }
+
+    fn clear_skips(&self, partitions: Vec<i32>) {
+        self.inner.clear_skips(&partitions);
     }
 
     /// Per partition, the lowest offset still needed by an unfinished file.

@@ -8,17 +8,11 @@ pool as soon as they are ready; completed files are finished (multipart
 completed, or one PUT), validated against the bucket, recorded in the registry,
 and only then released for the offset commit.
 
-Offset commits follow a low watermark. For each partition we commit
-
-    min(next offset to read, lowest offset of a chunk of a file that is not yet
-        safely in the bucket or recorded as bad)
-
-so a crash, ``kill -9``, broker restart or rebalance never loses a file: the
-next owner re-reads from the watermark, and only from there. A file whose
-*upload* failed (S3 down, bucket not writable) keeps its offsets pinned for the
-rest of the run, so the next run with the same group id reads it again and
-retries. A file whose *data* is bad (a chunk hash or the file hash does not
-match) is recorded as failed and committed past: reading it again cannot help.
+Offset commits follow a low watermark (see :mod:`s3transfer_stream.offsets`):
+a partition's offset is committed only up to the lowest offset still needed by
+a file that is not yet safely in the bucket, so a crash, ``kill -9``, broker
+restart or rebalance never loses a file, and the next owner re-reads from the
+watermark and only from there, skipping messages of files already done.
 """
 
 from __future__ import annotations
@@ -34,10 +28,11 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from . import _core
+from . import _core, failpoints
 from .config import TransferConfig
 from .errors import TransferError
 from .logs import get_logger
+from .offsets import OffsetRuns, Watermarks
 from .registry import StreamRegistry
 from .s3 import ObjectStore, Validation, describe_client_error
 
@@ -111,64 +106,7 @@ class FileUpload:
     parts: list[Future[dict[str, Any]]] = field(default_factory=list)
     error: str | None = None
     ignored: bool = False
-
-
-class Watermarks:
-    """Per-partition commit positions: the low watermark rule of the module docstring."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._next: dict[int, int] = {}
-        self._pins: dict[int, list[tuple[int, int]]] = {}
-        self._held: dict[int, list[tuple[int, int]]] = {}
-
-    def consumed(self, partition: int, offset: int) -> None:
-        with self._lock:
-            if offset + 1 > self._next.get(partition, -1):
-                self._next[partition] = offset + 1
-
-    def pin(self, instance: int, pins: list[tuple[int, int]]) -> None:
-        with self._lock:
-            self._pins[instance] = list(pins)
-
-    def unpin(self, instance: int) -> None:
-        with self._lock:
-            self._pins.pop(instance, None)
-
-    def hold(self, instance: int) -> None:
-        """Keeps a failed upload's offsets uncommitted for the rest of the run."""
-        with self._lock:
-            pins = self._pins.pop(instance, None)
-            if pins:
-                self._held[instance] = pins
-
-    def forget(self, partitions: list[int]) -> None:
-        with self._lock:
-            for p in partitions:
-                self._next.pop(p, None)
-
-    def pinned_partitions(self, instance: int) -> set[int]:
-        with self._lock:
-            return {p for p, _ in self._pins.get(instance, [])}
-
-    def commit_positions(
-        self, partitions: set[int], assembler_pins: dict[int, int]
-    ) -> dict[int, int]:
-        with self._lock:
-            out: dict[int, int] = {}
-            for p in partitions:
-                if p not in self._next:
-                    continue
-                pos = self._next[p]
-                if p in assembler_pins:
-                    pos = min(pos, assembler_pins[p])
-                for table in (self._pins, self._held):
-                    for pins in table.values():
-                        for pp, off in pins:
-                            if pp == p:
-                                pos = min(pos, off)
-                out[p] = pos
-            return out
+    offsets: list[tuple[int, list[tuple[int, int]]]] = field(default_factory=list)
 
 
 class S3TransferStreamProcessor:
@@ -211,8 +149,7 @@ class S3TransferStreamProcessor:
         rerun = self.registry.rerun_paths()
         if rerun:
             self.log.info(
-                f"{len(rerun)} file(s) were unfinished or failed in an earlier run of group {o.group_id}; "
-                "they are re-read from the committed offsets"
+                f"{len(rerun)} file(s) were unfinished or failed in an earlier run of group {o.group_id}; they are re-read from the committed offsets"
             )
         for i in range(o.n_threads):
             t = threading.Thread(target=self._consume_guarded, args=(i,), name=f"consumer-{i}")
@@ -258,8 +195,7 @@ class S3TransferStreamProcessor:
     def on_check(self) -> None:
         s = self.stats
         self.log.info(
-            f"{s.messages_read} messages read, {s.messages_processed} messages processed, "
-            f"{s.files_transferred} files transferred so far"
+            f"{s.messages_read} messages read, {s.messages_processed} messages processed, {s.files_transferred} files transferred so far"
         )
         in_progress = self.assembler.in_progress()
         with self._uploads_lock:
@@ -300,16 +236,15 @@ class S3TransferStreamProcessor:
         settings["error_cb"] = self._on_kafka_error
         consumer = Consumer(settings)
         owned: set[int] = set()
+        committed: dict[int, tuple[int, str]] = {}
 
         def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
             owned.update(tp.partition for tp in partitions)
-            self.log.debug(
-                f"consumer {index} assigned partitions {sorted(tp.partition for tp in partitions)}"
-            )
+            self._resume(c, partitions)
 
         def on_revoke(c: Consumer, partitions: list[TopicPartition]) -> None:
             revoked = [tp.partition for tp in partitions]
-            self._release_partitions(c, revoked, owned)
+            self._release_partitions(c, revoked, owned, committed)
 
         consumer.subscribe([o.topic], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_revoke)
         last_commit = time.monotonic()
@@ -325,11 +260,14 @@ class S3TransferStreamProcessor:
                         self.log.error(f"Kafka error while consuming {o.topic}: {err}")
                 if good:
                     self._handle_batch(good)
-                if time.monotonic() - last_commit >= o.commit_interval:
-                    self._commit(consumer, owned)
+                    failpoints.hit("batch")
+                # Committing after every batch keeps what a crash makes us re-read
+                # to the files in flight; the commit itself is asynchronous.
+                if good or time.monotonic() - last_commit >= o.commit_interval:
+                    self._commit(consumer, owned, committed, asynchronous=True)
                     last_commit = time.monotonic()
             self._drain(owned)
-            self._commit(consumer, owned)
+            self._commit(consumer, owned, committed)
         finally:
             consumer.close()
 
@@ -346,19 +284,67 @@ class S3TransferStreamProcessor:
             handler = getattr(self, f"_on_{ev.kind}")
             handler(ev)
 
-    def _commit(self, consumer: Consumer, owned: set[int]) -> None:
-        positions = self.watermarks.commit_positions(owned, dict(self.assembler.pinned_offsets()))
-        if not positions:
-            return
-        offsets = [TopicPartition(self.options.topic, p, off) for p, off in positions.items()]
+    def _resume(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Learns, from the committed offsets' metadata, which messages above the
+        watermark belong to files already done, so they are skipped."""
+        topic = self.options.topic
         try:
-            consumer.commit(offsets=offsets, asynchronous=False)
+            committed = consumer.committed(partitions, timeout=30)
+        except KafkaException as err:
+            self.log.warning(
+                f"Could not read committed offsets of {topic}: {err}; files above them may be transferred again"
+            )
+            return
+        for tp in committed:
+            if tp.offset < 0:
+                self.log.info(
+                    f"Partition {tp.partition} of {topic}: no committed offset, starting from auto.offset.reset"
+                )
+                continue
+            runs = OffsetRuns.decode(tp.metadata, tp.offset)
+            if runs.runs():
+                self.assembler.skip_offsets(tp.partition, runs.runs())
+            self.log.info(
+                f"Partition {tp.partition} of {topic}: resuming at offset {tp.offset}"
+                + (
+                    f" ({len(runs)} messages of files already transferred above it are skipped)"
+                    if runs.runs()
+                    else ""
+                )
+            )
+
+    def _commit(
+        self,
+        consumer: Consumer,
+        partitions: set[int],
+        committed: dict[int, tuple[int, str]],
+        *,
+        asynchronous: bool = False,
+    ) -> None:
+        positions = self.watermarks.commit_positions(
+            partitions, dict(self.assembler.pinned_offsets())
+        )
+        changed = {p: v for p, v in positions.items() if committed.get(p) != v}
+        if not changed:
+            return
+        offsets = [
+            TopicPartition(self.options.topic, p, off, meta)
+            for p, (off, meta) in changed.items()
+        ]
+        try:
+            if asynchronous:
+                consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as err:
             if err.args and err.args[0].code() == KafkaError._NO_OFFSET:
                 return
             self.log.warning(
                 f"Committing offsets of {self.options.topic} failed (will retry): {err}"
             )
+            return
+        committed.update(changed)
+        failpoints.hit("commit")
 
     def _drain(self, partitions: set[int], timeout: float | None = None) -> None:
         """Waits for uploads of files whose chunks sit in ``partitions``."""
@@ -379,15 +365,27 @@ class S3TransferStreamProcessor:
             f"Gave up waiting for {len(busy)} upload(s) to finish; they will be re-read next run"
         )
 
-    def _release_partitions(self, consumer: Consumer, revoked: list[int], owned: set[int]) -> None:
+    def _release_partitions(
+        self,
+        consumer: Consumer,
+        revoked: list[int],
+        owned: set[int],
+        committed: dict[int, tuple[int, str]],
+    ) -> None:
         self._drain(set(revoked), timeout=30.0)
-        self._commit(consumer, set(revoked) & owned)
+        self._commit(consumer, set(revoked) & owned, committed)
         for info in self.assembler.drop_partitions(revoked):
             fu = self._pop_upload(info.instance)
             if fu is not None and fu.upload_id:
                 self._finish_pool.submit(self.store.abort_multipart, fu.key, fu.upload_id)
+        self.assembler.clear_skips(revoked)
         self.watermarks.forget(revoked)
         owned.difference_update(revoked)
+        for p in revoked:
+            committed.pop(p, None)
+        self.log.info(
+            f"Partitions {sorted(revoked)} of {self.options.topic} were revoked; their files continue elsewhere"
+        )
 
     def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
         if err is not None:
@@ -450,17 +448,20 @@ class S3TransferStreamProcessor:
     def _upload_part(self, fu: FileUpload, number: int, data: Any, crc: int) -> dict[str, Any]:
         try:
             assert fu.upload_id is not None
-            return self.store.upload_part(fu.key, fu.upload_id, number, data, crc)
+            result = self.store.upload_part(fu.key, fu.upload_id, number, data, crc)
+            failpoints.hit("part_uploaded")
+            return result
         finally:
             del data  # the part's memory goes as soon as it is sent
             self._in_flight.release()
 
     def _on_complete(self, ev: Any) -> None:
         fu = self._get_upload(ev.file)
+        fu.offsets = ev.offsets
         self.watermarks.pin(ev.file.instance, ev.pins)
         if fu.ignored:
             self._pop_upload(ev.file.instance)
-            self.watermarks.unpin(ev.file.instance)
+            self.watermarks.done(ev.file.instance, ev.offsets)
             return
         if ev.data is not None:
             self._in_flight.acquire()
@@ -491,6 +492,7 @@ class S3TransferStreamProcessor:
                 return
             assert fu.upload_id is not None
             parts = [f.result() for f in fu.parts]
+            failpoints.hit("before_complete")
             sent = self.store.complete_multipart(fu.key, fu.upload_id, parts, crc)
             self._validated(fu, size, sent, parts=len(parts))
         except Exception as err:
@@ -502,6 +504,7 @@ class S3TransferStreamProcessor:
 
     def _validated(self, fu: FileUpload, size: int, sent: dict[str, str], parts: int) -> None:
         info = fu.info
+        failpoints.hit("uploaded")
         try:
             v = self.store.validate_object(fu.key, size, sent, info.file_hash)
         except Exception as err:
@@ -511,16 +514,17 @@ class S3TransferStreamProcessor:
         if not v.ok:
             self._upload_failed(fu, f"validation failed: {v.text}")
             return
+        failpoints.hit("validated")
         self.registry.register_processed(
             info.rel_path, info.filename, info.n_chunks, fu.first_message
         )
+        failpoints.hit("registered")
         self._pop_upload(info.instance)
-        self.watermarks.unpin(info.instance)
+        self.watermarks.done(info.instance, fu.offsets)
         self.stats.transferred(TransferResult(info.rel_output_path, fu.key, size, parts, v.text))
         how = f"{parts} parts" if parts else "single PUT"
         self.log.info(
-            f"Transferred {info.rel_output_path} -> s3://{self.options.bucket}/{fu.key} "
-            f"({size} bytes, {how}); validated: {v.text}"
+            f"Transferred {info.rel_output_path} -> s3://{self.options.bucket}/{fu.key} ({size} bytes, {how}); validated: {v.text}"
         )
 
     def _upload_failed(self, fu: FileUpload, reason: str) -> None:
@@ -545,6 +549,8 @@ class S3TransferStreamProcessor:
             f"File {info.rel_output_path} cannot be reassembled ({status}): {ev.reason}; nothing was stored"
         )
         self.registry.register_failed(info.rel_path, info.filename, info.n_chunks, status=status)
+        # Recorded; reading the same bad bytes again cannot help, so commit past them.
+        self.watermarks.done(info.instance, ev.offsets)
         self.stats.add(files_failed=1)
 
     def _on_superseded(self, ev: Any) -> None:
@@ -575,6 +581,5 @@ __all__ = [
     "S3TransferStreamProcessor",
     "Stats",
     "TransferError",
-    "Watermarks",
     "run_processor",
 ]

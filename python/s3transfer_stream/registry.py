@@ -43,6 +43,7 @@ from pathlib import Path, PurePath, PurePosixPath
 from types import TracebackType
 from typing import Any, Generic, TypeVar, get_args, get_origin, get_type_hints
 
+from . import failpoints
 from .errors import S3TransferStreamError
 
 __all__ = [
@@ -399,6 +400,7 @@ def _write_atomic(path: Path, text: str) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        failpoints.hit("registry_write")
         for attempt in range(3):
             try:
                 os.replace(tmp_name, path)
