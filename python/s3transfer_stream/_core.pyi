@@ -1,0 +1,276 @@
+"""Type stub of the Rust extension ``s3transfer_stream._core`` (source: ``rust/python.rs``).
+
+Byte arguments are ``bytes`` exactly: the extension borrows them without a copy
+and refuses ``bytearray``/``memoryview``/:class:`Buffer` with ``TypeError``
+(wrap those in ``bytes(...)`` first). Integer arguments typed ``int`` below are
+unsigned 64-bit unless said otherwise; a negative or too large value raises
+``OverflowError``. Every class is final (none can be subclassed), and the frozen
+ones expose read-only attributes.
+"""
+
+from collections.abc import Sequence
+from os import PathLike
+from typing import Literal, Protocol, Self, TypeAlias, final
+
+from s3transfer_stream.errors import ChunkError
+
+__all__ = [
+    "MAX_PARTS",
+    "MIN_PART_SIZE",
+    "Assembler",
+    "Buffer",
+    "DecodedChunk",
+    "Event",
+    "FileChunker",
+    "FileInfo",
+    "Sha512",
+    "crc64nvme",
+    "decode_chunk",
+    "encode_chunk",
+    "key_prefix",
+    "message_key",
+    "parse_message_key",
+    "sha512",
+]
+
+#: S3's minimum size of every multipart part but the last (5 MiB).
+MIN_PART_SIZE: int
+#: S3's maximum number of parts of one multipart upload (10000).
+MAX_PARTS: int
+
+_EventKind: TypeAlias = Literal["started", "part", "complete", "failed", "superseded", "rejected"]
+
+@final
+class Buffer:
+    """Read-only bytes owned by Rust, shared through the buffer protocol without a copy.
+
+    Not constructible from Python; ``memoryview(buf)`` and ``bytes(buf)`` work, and
+    so does any API that takes a read-only bytes-like object.
+    """
+
+    def __len__(self) -> int: ...
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+
+@final
+class DecodedChunk:
+    """One decoded OpenMSIStream chunk message (copies of its fields)."""
+
+    @property
+    def filename(self) -> str: ...
+    @property
+    def file_hash(self) -> bytes:
+        """Raw 64-byte SHA-512 digest of the whole file."""
+    @property
+    def chunk_hash(self) -> bytes:
+        """Raw 64-byte SHA-512 digest of ``data``."""
+    @property
+    def chunk_offset_write(self) -> int: ...
+    @property
+    def chunk_i(self) -> int:
+        """1-based chunk index."""
+    @property
+    def n_total_chunks(self) -> int: ...
+    @property
+    def subdir_str(self) -> str: ...
+    @property
+    def filename_append(self) -> str: ...
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def file_mtime(self) -> float | None:
+        """``None`` for the 9-field form, else the float as sent (``0.0`` = unknown)."""
+    @property
+    def n_fields(self) -> Literal[9, 10]: ...
+    @property
+    def rel_path(self) -> str:
+        """``subdir/filename`` without the append."""
+    @property
+    def rel_output_path(self) -> str:
+        """``subdir/<stem><append><suffix>``: the object key below the topic."""
+
+def decode_chunk(value: bytes, *, verify: bool = True) -> DecodedChunk:
+    """Decodes a Kafka message value.
+
+    Raises :class:`~s3transfer_stream.errors.ChunkError` for a malformed message and
+    :class:`~s3transfer_stream.errors.ChunkHashError` (only with ``verify``) when the
+    data does not match the chunk hash; both carry ``.field`` and ``.filename``.
+    """
+
+def encode_chunk(
+    filename: str,
+    file_hash: bytes,
+    chunk_hash: bytes,
+    chunk_offset_write: int,
+    chunk_i: int,
+    n_total_chunks: int,
+    subdir_str: str,
+    filename_append: str,
+    data: bytes,
+    file_mtime: float | None = None,
+) -> bytes:
+    """Encodes the canonical message (10 fields with ``file_mtime``, else 9).
+
+    Raises :class:`~s3transfer_stream.errors.ChunkError` if a hash is not 64 bytes;
+    nothing else is validated.
+    """
+
+def message_key(subdir_str: str, filename: str, chunk_i: int, n_total_chunks: int) -> str: ...
+def key_prefix(subdir_str: str, filename: str) -> str: ...
+def parse_message_key(key: str) -> tuple[str, int, int] | None:
+    """``(prefix, chunk_i, n_total_chunks)``, or ``None`` if ``key`` is not a chunk key."""
+
+def sha512(data: bytes) -> bytes: ...
+def crc64nvme(data: bytes) -> int: ...
+
+@final
+class Sha512:
+    """Incremental SHA-512."""
+
+    def __new__(cls) -> Self: ...
+    def update(self, data: bytes) -> None: ...
+    def digest(self) -> bytes:
+        """The digest so far (the state is kept; more ``update`` calls may follow)."""
+
+@final
+class FileInfo:
+    """One instance (generation) of a file being assembled."""
+
+    @property
+    def instance(self) -> int:
+        """Unique per file instance within one :class:`Assembler`."""
+    @property
+    def rel_path(self) -> str: ...
+    @property
+    def rel_output_path(self) -> str: ...
+    @property
+    def filename(self) -> str: ...
+    @property
+    def n_chunks(self) -> int: ...
+    @property
+    def file_hash(self) -> bytes: ...
+    @property
+    def file_mtime(self) -> float | None: ...
+    @property
+    def echo(self) -> bool:
+        """Same hash and chunk count as a file already reassembled earlier in the log
+        (produced again, or stray duplicate chunks); it pins no offsets."""
+
+@final
+class Event:
+    """Something the assembler wants the pipeline to act on; see ``kind``.
+
+    Fields that do not apply to a kind hold their blank value (``None``, ``0``,
+    ``""``, ``[]``, ``False``, ``-1`` for ``partition``/``offset``).
+    """
+
+    @property
+    def kind(self) -> _EventKind: ...
+    @property
+    def file(self) -> FileInfo | None:
+        """Set for every kind but ``rejected``."""
+    @property
+    def part_number(self) -> int:
+        """1-based part number (``part``)."""
+    @property
+    def data(self) -> Buffer | None:
+        """The part (``part``) or the whole file when it fits in one part (``complete``)."""
+    @property
+    def size(self) -> int: ...
+    @property
+    def crc64nvme(self) -> int: ...
+    @property
+    def parts(self) -> int:
+        """Parts released for a multipart upload (``complete``)."""
+    @property
+    def pins(self) -> list[tuple[int, int]]:
+        """``(partition, lowest offset)`` of the file's messages, duplicates included
+        (``complete``, ``failed``)."""
+    @property
+    def offsets(self) -> list[tuple[int, list[tuple[int, int]]]]:
+        """Per partition, half-open ranges of the offsets of the file's messages
+        (``complete``, ``failed``)."""
+    @property
+    def reason(self) -> str: ...
+    @property
+    def hash_mismatch(self) -> bool: ...
+    @property
+    def partition(self) -> int:
+        """Position of the message (``rejected``), else -1."""
+    @property
+    def offset(self) -> int: ...
+    @property
+    def error(self) -> ChunkError | None:
+        """The exception that rejected the message (``rejected``)."""
+
+class _KafkaMessage(Protocol):
+    """What :meth:`Assembler.add_messages` needs of a ``confluent_kafka.Message``.
+
+    ``partition()``/``offset()`` returning ``None`` raises ``TypeError``; a ``None``
+    value is a ``rejected`` event.
+    """
+
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+    def value(self) -> bytes | None: ...
+
+#: ``(partition, offset, value)``.
+_MessageTuple: TypeAlias = tuple[int, int, bytes | None]
+
+@final
+class Assembler:
+    """Reassembles files from chunk messages; shared by all consumer threads."""
+
+    def __new__(cls, part_size: int = ...) -> Self:
+        """``part_size`` defaults to 8 MiB; below :data:`MIN_PART_SIZE` it raises
+        :class:`~s3transfer_stream.errors.ConfigError`."""
+    @staticmethod
+    def _with_tiny_parts(part_size: int) -> Assembler:
+        """An assembler allowing parts below S3's minimum (tests only)."""
+    @property
+    def part_size(self) -> int: ...
+    def add_messages(
+        self, messages: Sequence[_KafkaMessage | _MessageTuple]
+    ) -> tuple[list[Event], int]:
+        """Feeds a batch; returns ``(events, n_stored)`` (usable chunks, new or duplicate)."""
+    def pinned_offsets(self) -> dict[int, int]:
+        """Per partition, the lowest offset still needed by an unfinished file."""
+    def drop_partitions(self, partitions: Sequence[int]) -> list[FileInfo]: ...
+    def skip_offsets(self, partition: int, ranges: Sequence[tuple[int, int]]) -> None:
+        """Marks half-open offset ranges as already accounted for: skipped undecoded."""
+    def clear_skips(self, partitions: Sequence[int]) -> None: ...
+    def in_progress(self) -> list[tuple[FileInfo, int, int]]:
+        """``(file, chunks received, bytes buffered)`` for every unfinished file."""
+
+@final
+class FileChunker:
+    """Cuts one file into chunk messages; the constructor reads and hashes the whole file.
+
+    Raises ``OSError`` if the file cannot be read, and
+    :class:`~s3transfer_stream.errors.ConfigError` for a ``chunk_size`` of 0.
+    """
+
+    def __new__(cls, path: str | PathLike[str], chunk_size: int = 524288) -> Self: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def n_chunks(self) -> int:
+        """At least 1: an empty file is one empty chunk."""
+    @property
+    def chunk_size(self) -> int: ...
+    @property
+    def file_mtime(self) -> float:
+        """``os.stat(path).st_mtime`` at construction (``0.0`` if unknown)."""
+    @property
+    def file_hash(self) -> bytes: ...
+    def messages(
+        self,
+        first: int,
+        count: int,
+        subdir_str: str,
+        filename: str,
+        filename_append: str = "",
+    ) -> list[Buffer]:
+        """Messages of chunks ``first..first+count`` (1-based, clipped to the file).
+
+        Raises ``ValueError`` naming the file if it changed since construction.
+        """
