@@ -325,3 +325,20 @@ def test_version_log_keeps_the_last_line_per_file_and_survives_a_torn_line(
     lines = path.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 2  # compacted
     assert {json.loads(line)["path"] for line in lines} == {"a.dat", "ü/b.dat"}
+
+
+def test_version_log_compacts_while_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_VersionLog, "compact_slack", 5)
+    path = tmp_path / "v.jsonl"
+    log = _VersionLog(path)
+    for i in range(100):
+        log.record("a.dat", _Version(i, i, "aa", 1, 1, "sending"))
+        log.record("b.dat", _Version(i, i, "bb", 1, 1, "sent"))
+    assert len(path.read_text(encoding="utf-8").splitlines()) <= 2 * 2 + 5 + 1
+    log.close()
+    again = _VersionLog(path)
+    assert again.get("a.dat") == _Version(99, 99, "aa", 1, 1, "sending")
+    assert again.get("b.dat") == _Version(99, 99, "bb", 1, 1, "sent")
+    again.close()

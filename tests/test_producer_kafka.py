@@ -186,6 +186,44 @@ def test_upload_file_cli(
     assert len(err.splitlines()) == 1
 
 
+def _name_on_missing_partition(n_real: int, n_claimed: int) -> str:
+    return next(
+        f"lost{i}.dat" for i in range(1000) if file_partition(f"lost{i}.dat", n_claimed) >= n_real
+    )
+
+
+def test_undeliverable_chunks_are_reported(
+    new_topic: Callable[..., str],
+    producer: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Chunks the broker refuses (here: a partition the topic does not have) are
+    counted as failed, and UploadDataFile exits with status 1 saying so."""
+    topic = new_topic(3)
+    path = tmp_path / _name_on_missing_partition(3, 50)
+    path.write_bytes(_data(2 * CHUNK, 16))
+    failed: list[int] = []
+    result = send_file(
+        producer,
+        topic,
+        path,
+        chunk_size=CHUNK,
+        n_partitions=50,
+        on_delivery=lambda i, err: failed.append(i) if err is not None else None,
+    )
+    assert not result.complete
+    assert result.n_failed == 2 and result.n_delivered == 0 and sorted(failed) == [1, 2]
+    assert any("PARTITION" in e for e in result.errors), result.errors
+
+    monkeypatch.setattr(upload_file, "partition_count", lambda client, topic: 50)
+    assert upload_file.main([str(path), "--topic_name", topic]) == 1
+    err = capsys.readouterr().err
+    assert f"1 of 1 chunk(s) of {path} could not be delivered to the {topic} topic" in err
+    assert "Traceback" not in err
+
+
 # --------------------------------------------------------------------------- directory
 
 
@@ -307,6 +345,24 @@ def test_directory_upload_existing_skip_completed_and_resend_modified(
     in_progress, completed = _registry(root, topic)
     assert in_progress == []
     assert [row.rel_filepath.as_posix() for row in completed].count("s/f.dat") == 3
+
+
+def test_directory_failed_file_stays_in_progress(
+    new_topic: Callable[..., str], producer: Any, tmp_path: Path
+) -> None:
+    """A file whose chunks cannot be delivered is retried, then reported as failed and
+    left in progress in the registry for the next run (never listed as uploaded)."""
+    topic = new_topic(3)
+    root = tmp_path / "watched"
+    root.mkdir()
+    name = _name_on_missing_partition(3, 50)
+    with _uploader(root, producer, topic, n_partitions=50) as uploader:
+        (root / name).write_bytes(_data(2 * CHUNK, 17))
+        _wait(lambda: uploader.status().failed == 1, LAG + 15, "the failure")
+        assert uploader.status().uploaded == 0
+    in_progress, completed = _registry(root, topic)
+    assert completed == []
+    assert [(r.rel_filepath.as_posix(), r.chunks_to_send) for r in in_progress] == [(name, {1, 2})]
 
 
 def _previous_run(

@@ -29,7 +29,7 @@ from pathlib import Path, PurePath, PurePosixPath
 from queue import Queue
 from typing import Any
 
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
@@ -341,6 +341,16 @@ def send_file(
                         partition=result.partition,
                         on_delivery=functools.partial(delivered, chunk_i, size),
                     )
+                except KafkaException as exc:
+                    # Refused at once (unknown partition, message too large...): the
+                    # same outcome as a failed delivery report.
+                    with result._lock:
+                        result.n_produced += 1
+                    error = exc.args[0] if exc.args else None
+                    if not isinstance(error, KafkaError):
+                        error = KafkaError(KafkaError._FAIL, str(exc))
+                    delivered(chunk_i, size, error, None)
+                    continue
                 except BaseException as exc:
                     failures.append(exc)
                     halt.set()
@@ -402,6 +412,9 @@ class _VersionLog:
     (last line per file) when opened; a torn last line is ignored.
     """
 
+    #: The log is rewritten when it has this many more lines than twice its files.
+    compact_slack = 10_000
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
@@ -427,6 +440,7 @@ class _VersionLog:
             pass
         if lines != len(self._latest):
             self._rewrite()
+        self._lines = len(self._latest)
         self._handle = path.open("a", encoding="utf-8", errors="surrogateescape")
 
     def _rewrite(self) -> None:
@@ -461,7 +475,15 @@ class _VersionLog:
             if self._handle.closed:
                 return
             try:
-                self._handle.write(self._line(rel, version))
+                if self._lines > 2 * len(self._latest) + self.compact_slack:
+                    # Compact while running too, so a long run's log stays small.
+                    self._handle.close()
+                    self._rewrite()
+                    self._lines = len(self._latest)
+                    self._handle = self.path.open("a", encoding="utf-8", errors="surrogateescape")
+                else:
+                    self._handle.write(self._line(rel, version))
+                    self._lines += 1
                 self._handle.flush()
             except OSError as exc:
                 get_logger().warning(f"could not write {self.path}: {exc}")
