@@ -16,7 +16,9 @@
 //! held only to find or retire a file; copies and hashing run under the file's
 //! own lock, so consumer threads working on different files do not wait on each other.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::checksum::{crc64nvme, Running};
@@ -32,6 +34,44 @@ pub const MAX_PARTS: u64 = 10_000;
 pub const MIN_PART_SIZE: u64 = 5 << 20;
 /// How many finished files are remembered to recognise redelivered chunks.
 const FINISHED_MEMORY: usize = 100_000;
+/// Part buffers start at most this big and grow as bytes arrive, so a size a
+/// message merely claims never becomes an allocation by itself.
+const INITIAL_PART_CAPACITY: u64 = 16 << 20;
+
+/// The bytes all unfinished files may hold in part buffers (out-of-order
+/// chunks, parts not yet handed out). A file that would go over it fails with
+/// a clear reason instead of the process running out of memory.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    used: AtomicU64,
+    limit: u64,
+}
+
+impl MemoryBudget {
+    pub fn new(limit: u64) -> Self {
+        Self { used: AtomicU64::new(0), limit }
+    }
+
+    fn take(&self, n: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                u.checked_add(n).filter(|t| *t <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, n: u64) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+}
 
 /// Where a message came from; pins the offsets a file still needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +173,16 @@ struct Slot {
     data: SlotData,
     filled: u64,
     released: bool,
+    budget: Arc<MemoryBudget>,
+    accounted: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // A sealed part may live on in the uploader; from here on the uploader's
+        // own limit on parts in flight bounds it.
+        self.budget.give(self.accounted);
+    }
 }
 
 impl Slot {
@@ -166,6 +216,7 @@ struct FileAssembly {
     running: Running,
     /// Exact Kafka offsets of this file's messages (duplicates included), per partition.
     offsets: BTreeMap<i32, IntervalSet>,
+    budget: Arc<MemoryBudget>,
     parts_released: u32,
     /// Set when the file has left the table; a thread that still holds it retries.
     retired: bool,
@@ -189,6 +240,7 @@ struct Table {
 
 pub struct Assembler {
     part_size: u64,
+    budget: Arc<MemoryBudget>,
     table: Mutex<Table>,
     /// Offsets of messages already accounted for (their files are in the bucket
     /// or recorded as bad), learnt from the committed offset's metadata: they are
@@ -203,20 +255,40 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Assembler {
-    /// `part_size` is the multipart part size (at least 5 MiB, S3's minimum).
-    pub fn new(part_size: u64) -> Result<Self, String> {
+    /// `part_size` is the multipart part size (at least 5 MiB, S3's minimum);
+    /// `max_buffered` bounds the bytes held in part buffers by all unfinished files.
+    pub fn new(part_size: u64, max_buffered: u64) -> Result<Self, String> {
         if part_size < MIN_PART_SIZE {
             return Err(format!(
                 "part size {part_size} is below S3's minimum part size of {MIN_PART_SIZE} bytes"
             ));
         }
-        Ok(Self { part_size, table: Mutex::new(Table::default()), skip: Mutex::default() })
+        if max_buffered < 2 * part_size {
+            return Err(format!(
+                "the reassembly memory limit ({max_buffered} bytes) must hold at least two parts of {part_size} bytes"
+            ));
+        }
+        Ok(Self {
+            part_size,
+            budget: Arc::new(MemoryBudget::new(max_buffered)),
+            table: Mutex::new(Table::default()),
+            skip: Mutex::default(),
+        })
+    }
+
+    pub fn budget(&self) -> &MemoryBudget {
+        &self.budget
     }
 
     /// Test-only constructor that allows tiny parts.
     #[doc(hidden)]
     pub fn with_any_part_size(part_size: u64) -> Self {
-        Self { part_size: part_size.max(1), table: Mutex::new(Table::default()), skip: Mutex::default() }
+        Self {
+            part_size: part_size.max(1),
+            budget: Arc::new(MemoryBudget::new(u64::MAX)),
+            table: Mutex::new(Table::default()),
+            skip: Mutex::default(),
+        }
     }
 
     pub fn part_size(&self) -> u64 {
@@ -405,7 +477,8 @@ impl Assembler {
             echo,
         };
         out.push(Event::Started(info.clone()));
-        let fa = Arc::new(Mutex::new(FileAssembly::new(info, self.part_size, chunk)));
+        let fa =
+            Arc::new(Mutex::new(FileAssembly::new(info, self.part_size, chunk, Arc::clone(&self.budget))));
         t.files.insert(rel_path.to_owned(), Arc::clone(&fa));
         Ok(fa)
     }
@@ -535,6 +608,15 @@ fn output_append(info: &FileInfo) -> &str {
     out_name.strip_prefix(stem).and_then(|rest| rest.strip_suffix(suffix)).unwrap_or("")
 }
 
+fn over_budget(budget: &MemoryBudget, wanted: u64) -> String {
+    format!(
+        "reassembling it would need {wanted} more bytes of buffer memory, but unfinished files already \
+         hold {} of the {} allowed (chunks far out of order, or a file that never completes?)",
+        budget.used(),
+        budget.limit()
+    )
+}
+
 enum Stored {
     Duplicate,
     Partial,
@@ -543,14 +625,15 @@ enum Stored {
 }
 
 impl FileAssembly {
-    fn new(info: FileInfo, min_part_size: u64, chunk: &Chunk<'_>) -> Self {
+    fn new(info: FileInfo, min_part_size: u64, chunk: &Chunk<'_>, budget: Arc<MemoryBudget>) -> Self {
         // The producer's chunking tells us (for uniform chunks, an upper bound
         // of) the file size up front; grow parts so no file needs > MAX_PARTS.
         let estimate = if chunk.chunk_i == chunk.n_total_chunks {
             chunk.chunk_offset_write + chunk.data.len() as u64
         } else {
             chunk.n_total_chunks.saturating_mul(chunk.data.len() as u64)
-        };
+        }
+        .min(wire::MAX_FILE_SIZE);
         let needed = estimate.div_ceil(MAX_PARTS);
         let part_size = if needed > min_part_size { needed.div_ceil(1 << 20) << 20 } else { min_part_size };
         Self {
@@ -563,6 +646,7 @@ impl FileAssembly {
             hashed_upto: 0,
             running: Running::default(),
             offsets: BTreeMap::new(),
+            budget,
             parts_released: 0,
             retired: false,
         }
@@ -629,7 +713,7 @@ impl FileAssembly {
         self.chunks.insert(i, i + 1).expect("checked absent above");
         self.record(pos);
 
-        self.write(start, chunk.data);
+        self.write(start, chunk.data)?;
         self.advance_hash();
         self.release_complete_parts(out);
 
@@ -639,7 +723,7 @@ impl FileAssembly {
         Ok(Stored::Done(self.finish(out)?))
     }
 
-    fn write(&mut self, start: u64, data: &[u8]) {
+    fn write(&mut self, start: u64, data: &[u8]) -> Result<(), String> {
         let p = self.part_size;
         let end = start + data.len() as u64;
         let mut at = start;
@@ -647,15 +731,38 @@ impl FileAssembly {
             let k = at / p;
             let local = (at - k * p) as usize;
             let take = (end.min((k + 1) * p) - at) as usize;
-            let capacity_hint = self.capacity_hint(k, data.len() as u64);
-            let slot = self.parts.entry(k).or_insert_with(|| Slot {
-                data: SlotData::Filling(Vec::with_capacity(capacity_hint)),
-                filled: 0,
-                released: false,
-            });
+            let needed = (local + take) as u64;
+            let part_len = self.part_len(k).max(needed);
+            let hint = self.capacity_hint(k, data.len() as u64);
+            let slot = match self.parts.entry(k) {
+                Entry::Occupied(o) => o.into_mut(),
+                Entry::Vacant(v) => {
+                    let capacity = hint.min(INITIAL_PART_CAPACITY).max(needed).min(part_len);
+                    if !self.budget.take(capacity) {
+                        return Err(over_budget(&self.budget, capacity));
+                    }
+                    v.insert(Slot {
+                        data: SlotData::Filling(Vec::with_capacity(capacity as usize)),
+                        filled: 0,
+                        released: false,
+                        budget: Arc::clone(&self.budget),
+                        accounted: capacity,
+                    })
+                }
+            };
             let SlotData::Filling(buf) = &mut slot.data else {
                 unreachable!("a sealed part is complete, and overlapping writes are refused");
             };
+            if (buf.capacity() as u64) < needed {
+                // Grow geometrically within the part, so in-order chunks cost few copies.
+                let target = needed.max((buf.capacity() as u64 * 2).min(part_len));
+                let extra = target - slot.accounted.max(buf.capacity() as u64);
+                if !self.budget.take(extra) {
+                    return Err(over_budget(&self.budget, extra));
+                }
+                slot.accounted += extra;
+                buf.reserve_exact(target as usize - buf.len());
+            }
             if buf.len() < local + take {
                 buf.resize(local + take, 0);
             }
@@ -664,17 +771,18 @@ impl FileAssembly {
             slot.filled += take as u64;
             at += take as u64;
         }
+        Ok(())
     }
 
     /// Capacity for a new part buffer: never more than a part, and never more
     /// than the file can hold judging by the chunk sizes seen, so a one-byte
     /// file does not cost a whole part of memory.
-    fn capacity_hint(&self, k: u64, chunk_len: u64) -> usize {
+    fn capacity_hint(&self, k: u64, chunk_len: u64) -> u64 {
         let upper = match self.total {
             Some(t) => t,
             None => self.info.n_chunks.saturating_mul(chunk_len).max(self.bytes.max_end()),
         };
-        upper.saturating_sub(k * self.part_size).min(self.part_size) as usize
+        upper.saturating_sub(k * self.part_size).min(self.part_size)
     }
 
     fn advance_hash(&mut self) {
@@ -1025,6 +1133,46 @@ mod tests {
         assert_eq!(d, Disposition::Rejected);
     }
 
+    fn crafted(name: &str, chunk_i: u64, n: u64, offset: u64, data: &[u8]) -> Vec<u8> {
+        let ch = sha512(data);
+        wire::encode(&Chunk {
+            filename: name,
+            file_hash: &[9; 64],
+            chunk_hash: &ch,
+            chunk_offset_write: offset,
+            chunk_i,
+            n_total_chunks: n,
+            subdir_str: "",
+            filename_append: "",
+            data,
+            file_mtime: None,
+        })
+    }
+
+    #[test]
+    fn claimed_sizes_do_not_allocate_and_the_budget_is_enforced_and_returned() {
+        let asm = Assembler::new(MIN_PART_SIZE, 64 << 20).unwrap();
+        let mut ev = Vec::new();
+        // A chunk claiming 2^40 chunks of its size costs at most the initial part capacity.
+        let m = crafted("huge", 1, 1 << 40, 0, &[1; 1000]);
+        assert_eq!(asm.add(Position { partition: 0, offset: 0 }, &m, &mut ev), Disposition::Stored);
+        assert!(asm.budget().used() <= INITIAL_PART_CAPACITY);
+        // One far into a huge part would need hundreds of MiB: that file fails, nothing aborts.
+        let m = crafted("huge", 500_000, 1 << 40, 499_999_000, &[2; 1000]);
+        assert_eq!(asm.add(Position { partition: 0, offset: 1 }, &m, &mut ev), Disposition::Rejected);
+        assert!(ev
+            .iter()
+            .any(|e| matches!(e, Event::Failed { reason, .. } if reason.contains("buffer memory"))));
+        assert_eq!(asm.budget().used(), 0);
+        // A normal multipart file still goes through, and gives its memory back.
+        let data = content(12 << 20, 3);
+        let msgs = chunks_of("ok.bin", "", &data, 512 << 10, 1.0);
+        let feed: Vec<_> = msgs.iter().enumerate().map(|(i, m)| (1, i as i64, m.bytes.as_slice())).collect();
+        let (objs, _) = run(&asm, &feed);
+        assert_eq!(objs["ok.bin"], data);
+        assert_eq!(asm.budget().used(), 0);
+    }
+
     #[test]
     fn pins_follow_unfinished_files() {
         let asm = Assembler::with_any_part_size(1000);
@@ -1040,7 +1188,7 @@ mod tests {
 
     #[test]
     fn big_files_grow_their_parts_to_fit_the_part_limit() {
-        let asm = Assembler::new(MIN_PART_SIZE).unwrap();
+        let asm = Assembler::new(MIN_PART_SIZE, 1 << 30).unwrap();
         let f = FileAssembly::new(
             FileInfo {
                 instance: 1,
@@ -1065,6 +1213,7 @@ mod tests {
                 data: &[0; 524_288],
                 file_mtime: None,
             },
+            Arc::clone(&asm.budget),
         );
         assert!(f.part_size * MAX_PARTS >= 200_000 * 524_288);
         assert_eq!(f.part_size % (1 << 20), 0);

@@ -124,6 +124,14 @@ impl FilePlan {
             io::ErrorKind::UnexpectedEof => ChunkerError::Changed { path: self.path.clone(), chunk_i },
             _ => ChunkerError::Io { path: self.path.clone(), source },
         })?;
+        if chunk_i == n {
+            // Bytes appended after hashing would be silently left out.
+            let now =
+                file.metadata().map_err(|source| ChunkerError::Io { path: self.path.clone(), source })?;
+            if now.len() != self.size {
+                return Err(ChunkerError::Changed { path: self.path.clone(), chunk_i });
+            }
+        }
         let chunk_hash = &self.chunk_hashes[(chunk_i - 1) as usize];
         if Sha512::digest(&data).as_slice() != chunk_hash {
             return Err(ChunkerError::Changed { path: self.path.clone(), chunk_i });

@@ -36,7 +36,11 @@ fn wire_error(py: Python<'_>, e: &WireError) -> PyErr {
 
 fn chunker_error(e: ChunkerError) -> PyErr {
     match e {
-        ChunkerError::Io { .. } => PyOSError::new_err(e.to_string()),
+        // OSError(errno, strerror, filename) becomes FileNotFoundError etc. in Python.
+        ChunkerError::Io { ref path, ref source } => match source.raw_os_error() {
+            Some(errno) => PyOSError::new_err((errno, source.to_string(), path.display().to_string())),
+            None => PyOSError::new_err(e.to_string()),
+        },
         ChunkerError::Changed { .. } | ChunkerError::BadChunkIndex { .. } => {
             PyValueError::new_err(e.to_string())
         }
@@ -372,9 +376,15 @@ pub struct Assembler {
 #[pymethods]
 impl Assembler {
     #[new]
-    #[pyo3(signature = (part_size = 8 << 20))]
-    fn new(part_size: u64) -> PyResult<Self> {
-        RustAssembler::new(part_size).map(|inner| Self { inner }).map_err(ConfigError::new_err)
+    #[pyo3(signature = (part_size = 8 << 20, max_buffered = 1 << 30))]
+    fn new(part_size: u64, max_buffered: u64) -> PyResult<Self> {
+        RustAssembler::new(part_size, max_buffered).map(|inner| Self { inner }).map_err(ConfigError::new_err)
+    }
+
+    /// Bytes now held in part buffers by unfinished files.
+    #[getter]
+    fn buffered_bytes(&self) -> u64 {
+        self.inner.budget().used()
     }
 
     /// An assembler with parts smaller than S3 allows, for tests of part logic.
@@ -527,7 +537,7 @@ impl FileChunker {
         filename: &str,
         filename_append: &str,
     ) -> PyResult<Vec<Py<Buffer>>> {
-        let last = (first + count).min(self.plan.n_chunks() + 1);
+        let last = first.saturating_add(count).min(self.plan.n_chunks() + 1);
         let encoded = py
             .detach(|| {
                 (first..last)

@@ -90,8 +90,17 @@ def rand_bytes(rng: random.Random, n: int) -> bytes:
 class ProcessorRun:
     """The S3TransferStreamProcessor CLI in a subprocess, driven through stdin."""
 
-    def __init__(self, bucket: str, topic: str, group: str, output_dir: Path, *extra: str) -> None:
-        self.stderr_path = output_dir.parent / f"processor-{group}.stderr"
+    def __init__(
+        self,
+        bucket: str,
+        topic: str,
+        group: str,
+        output_dir: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        tag: str = "",
+    ) -> None:
+        self.stderr_path = output_dir.parent / f"processor-{group}{'-' + tag if tag else ''}.stderr"
         self._err = open(self.stderr_path, "w")
         args = [
             sys.executable,
@@ -114,7 +123,7 @@ class ProcessorRun:
             stdout=subprocess.DEVNULL,
             stderr=self._err,
             text=True,
-            env=os.environ.copy(),
+            env=os.environ.copy() if env is None else env,
         )
 
     def command(self, word: str) -> None:

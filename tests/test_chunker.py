@@ -165,11 +165,6 @@ def test_file_changed_after_construction(change: str, tmp_path: Path) -> None:
     assert not isinstance(info.value, ConfigError)
 
 
-@pytest.mark.xfail(
-    reason="chunker.rs re-checks only the bytes of each planned chunk, so bytes appended "
-    "after construction go unnoticed (the messages describe the old, shorter file)",
-    strict=False,
-)
 def test_file_grown_after_construction_is_reported(tmp_path: Path) -> None:
     path = write(tmp_path / "growing.log", content(2 * CHUNK + 1))
     fc = _core.FileChunker(path, CHUNK)
@@ -217,11 +212,6 @@ def test_chunks_reassemble(tmp_path: Path) -> None:
     assert done.file is not None and done.file.file_mtime == fc.file_mtime
 
 
-@pytest.mark.xfail(
-    reason="python.rs computes first + count unchecked: in a release build it wraps, so a "
-    "huge count gives no messages instead of the rest of the file",
-    strict=False,
-)
 def test_huge_count_means_all_remaining_chunks(tmp_path: Path) -> None:
     fc = _core.FileChunker(write(tmp_path / "f", content(3 * CHUNK)), CHUNK)
     assert len(fc.messages(2, 2**64 - 1, "", "f")) == 2

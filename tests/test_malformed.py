@@ -427,12 +427,6 @@ print(",".join(e.kind for e in events))
 """
 
 
-@pytest.mark.xfail(
-    reason="assembler.rs sizes a file's part buffers from n_total_chunks x len(data) of its "
-    "first chunk without capping it at 5 TiB, and Vec::with_capacity of ~110 GB aborts the "
-    "process (a 1.2 KB message kills the consumer)",
-    strict=False,
-)
 def test_huge_claimed_file_does_not_abort() -> None:
     """One chunk claiming 2**40 chunks of 1000 bytes must not take the process down.
     Run in a child process, since an allocation failure in Rust aborts."""

@@ -220,7 +220,7 @@ _MessageTuple: TypeAlias = tuple[int, int, bytes | None]
 class Assembler:
     """Reassembles files from chunk messages; shared by all consumer threads."""
 
-    def __new__(cls, part_size: int = ...) -> Self:
+    def __new__(cls, part_size: int = ..., max_buffered: int = ...) -> Self:
         """``part_size`` defaults to 8 MiB; below :data:`MIN_PART_SIZE` it raises
         :class:`~s3transfer_stream.errors.ConfigError`."""
     @staticmethod
@@ -228,6 +228,9 @@ class Assembler:
         """An assembler allowing parts below S3's minimum (tests only)."""
     @property
     def part_size(self) -> int: ...
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes now held in part buffers by unfinished files (at most ``max_buffered``)."""
     def add_messages(
         self, messages: Sequence[_KafkaMessage | _MessageTuple]
     ) -> tuple[list[Event], int]:

@@ -149,6 +149,10 @@ class Watermarks:
                     for key in [k for k, pins in table.items() if any(pp == p for pp, _ in pins)]:
                         table[key] = [(pp, o) for pp, o in table[key] if pp != p]
 
+    def next_offsets(self) -> dict[int, int]:
+        with self._lock:
+            return dict(self._next)
+
     def pinned_partitions(self, instance: int) -> set[int]:
         with self._lock:
             return {p for p, _ in self._pins.get(instance, [])}

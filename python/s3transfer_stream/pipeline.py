@@ -17,6 +17,7 @@ watermark and only from there, skipping messages of files already done.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -31,6 +32,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from . import _core, failpoints
 from .config import TransferConfig
 from .errors import TransferError
+from .journal import JournalEntry, TransferJournal
 from .logs import get_logger
 from .offsets import OffsetRuns, Watermarks
 from .registry import StreamRegistry
@@ -48,6 +50,7 @@ class ProcessorOptions:
     n_threads: int = 2
     part_size: int = 8 * MiB
     max_parts_in_flight: int = 8
+    max_buffered: int = 1024 * MiB
     validate: str = "checksum"
     download_regex: re.Pattern[str] | None = None
     commit_interval: float = 2.0
@@ -120,10 +123,11 @@ class S3TransferStreamProcessor:
         self.store = store
         self.log = get_logger()
         self.stats = Stats()
-        self.assembler = _core.Assembler(options.part_size)
+        self.assembler = _core.Assembler(options.part_size, options.max_buffered)
         self.watermarks = Watermarks()
         self.logs_dir = options.output_dir / "LOGS"
         self.registry = StreamRegistry(self.logs_dir, options.topic, options.group_id)
+        self.journal = TransferJournal(self.logs_dir, options.topic, options.group_id)
         self.stop = threading.Event()
         self._uploads: dict[int, FileUpload] = {}
         self._uploads_lock = threading.Lock()
@@ -146,6 +150,7 @@ class S3TransferStreamProcessor:
         for w in self.config.warnings():
             self.log.warning(w)
         self.registry.start()
+        self._recover()
         rerun = self.registry.rerun_paths()
         if rerun:
             self.log.info(
@@ -158,6 +163,51 @@ class S3TransferStreamProcessor:
         self.log.info(
             f"Listening to the {o.topic} topic for files to add to the {o.bucket} bucket...."
         )
+
+    def _recover(self) -> None:
+        """Makes the registry, the skip list and the bucket agree with the journal
+        after an earlier run of this group stopped, cleanly or not."""
+        have = {
+            (r.rel_filepath.as_posix(), r.processed_at.replace(microsecond=0))
+            for r in self.registry.processed_rows()
+        }
+        restored = 0
+        for e in self.journal.entries:
+            for partition, runs in e.offsets:
+                self.assembler.skip_offsets(partition, runs)
+            if (e.rel_path, e.processed_at.replace(microsecond=0)) not in have:
+                self.registry.register_processed(
+                    e.rel_path, e.filename, e.n_chunks, e.first_message, processed_at=e.processed_at
+                )
+                restored += 1
+        if restored:
+            self.log.info(
+                f"Restored {restored} processed-file row(s) from {self.journal.path} after an interrupted run"
+            )
+        self._abort_stale_uploads()
+
+    def _abort_stale_uploads(self) -> None:
+        """Aborts multipart uploads an interrupted run of this group left open for
+        files it was receiving (they are re-read and uploaded afresh)."""
+        rerun = set(self.registry.rerun_paths())
+        if not rerun:
+            return
+        keys = {f"{self.options.topic}/{rel}" for rel in rerun}
+        try:
+            listing = self.store.client.list_multipart_uploads(
+                Bucket=self.options.bucket, Prefix=f"{self.options.topic}/"
+            )
+        except Exception as err:
+            self.log.warning(
+                f"Could not list open multipart uploads in {self.options.bucket}: {describe_client_error(err)}"
+            )
+            return
+        for up in listing.get("Uploads", []):
+            if up["Key"] in keys:
+                self.log.info(
+                    f"Aborting the multipart upload of {up['Key']} left open by an interrupted run"
+                )
+                self.store.abort_multipart(up["Key"], up["UploadId"])
 
     def request_stop(self) -> None:
         self.stop.set()
@@ -178,6 +228,7 @@ class S3TransferStreamProcessor:
             if fu.upload_id:
                 self.store.abort_multipart(fu.key, fu.upload_id)
         self.registry.close()
+        self.journal.close()
         s = self.stats
         self.log.info(
             f"{s.messages_read} total messages were consumed, {s.messages_processed} messages were "
@@ -232,6 +283,8 @@ class S3TransferStreamProcessor:
         settings["enable.auto.offset.store"] = "false"
         settings.setdefault("auto.offset.reset", "earliest")
         settings.setdefault("queued.max.messages.kbytes", "32768")
+        # A crashed member's partitions move on after this; librdkafka's 45 s is long.
+        settings.setdefault("session.timeout.ms", "10000")
         settings["on_commit"] = self._on_commit
         settings["error_cb"] = self._on_kafka_error
         consumer = Consumer(settings)
@@ -328,8 +381,7 @@ class S3TransferStreamProcessor:
         if not changed:
             return
         offsets = [
-            TopicPartition(self.options.topic, p, off, meta)
-            for p, (off, meta) in changed.items()
+            TopicPartition(self.options.topic, p, off, meta) for p, (off, meta) in changed.items()
         ]
         try:
             if asynchronous:
@@ -344,6 +396,14 @@ class S3TransferStreamProcessor:
             )
             return
         committed.update(changed)
+        if self.log.isEnabledFor(logging.DEBUG):
+            read = self.watermarks.next_offsets()
+            self.log.debug(
+                f"Committed {self.options.topic}: "
+                + ", ".join(
+                    f"{p}@{off} (read to {read.get(p)})" for p, (off, _) in sorted(changed.items())
+                )
+            )
         failpoints.hit("commit")
 
     def _drain(self, partitions: set[int], timeout: float | None = None) -> None:
@@ -515,8 +575,23 @@ class S3TransferStreamProcessor:
             self._upload_failed(fu, f"validation failed: {v.text}")
             return
         failpoints.hit("validated")
+        entry = JournalEntry(
+            rel_path=info.rel_path,
+            filename=info.filename,
+            n_chunks=info.n_chunks,
+            key=fu.key,
+            size=size,
+            first_message=fu.first_message,
+            processed_at=datetime.now().replace(microsecond=0),
+            offsets=fu.offsets,
+        )
+        self.journal.append(entry)
         self.registry.register_processed(
-            info.rel_path, info.filename, info.n_chunks, fu.first_message
+            info.rel_path,
+            info.filename,
+            info.n_chunks,
+            fu.first_message,
+            processed_at=entry.processed_at,
         )
         failpoints.hit("registered")
         self._pop_upload(info.instance)

@@ -381,6 +381,18 @@ def _new_file_mode() -> int:
 _NEW_FILE_MODE = _new_file_mode()
 
 
+def _remove_torn_writes(directory: Path, names: list[str], pattern: re.Pattern[str]) -> None:
+    """Deletes temp files a crash inside :func:`_write_atomic` left behind for these tables
+    (the table itself is intact: the rename never happened)."""
+    for tmp in directory.glob(".*.tmp"):
+        base = tmp.name[1:].rsplit(".", 2)[0]
+        if base in names or pattern.match(base):
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+
+
 def _write_atomic(path: Path, text: str) -> None:
     """Replace ``path`` by a file holding ``text`` so that no reader sees a partial file.
 
@@ -712,6 +724,11 @@ class StreamRegistry:
                 r"_t\d+(_\d+_\d+)?\.csv$"
             ),
         )
+        _remove_torn_writes(
+            logs_dir,
+            [self._paths.in_progress.name, self._paths.processed.name],
+            self._paths.processed_pattern,
+        )
         self._in_progress: DataclassTable[InProgressRow] = DataclassTable(
             InProgressRow, self._paths.in_progress, key=_row_key
         )
@@ -818,12 +835,14 @@ class StreamRegistry:
         filename: str,
         n_chunks: int,
         first_message: datetime | None = None,
+        processed_at: datetime | None = None,
     ) -> None:
         """Record that the file is safely in the bucket: a row is appended to the calling
         thread's processed file and the in-progress row removed (both written at once,
-        in that order, so a crash in between leaves the file listed twice, never lost)."""
+        in that order, so a crash in between leaves the file listed twice, never lost).
+        ``processed_at`` (default now) lets a row lost in a crash be restored as it was."""
         key = _rel_key(rel_filepath)
-        now = _now()
+        now = _now() if processed_at is None else processed_at.replace(microsecond=0)
         if first_message is None:
             with self._in_progress.lock:
                 current = self._in_progress.get(key)

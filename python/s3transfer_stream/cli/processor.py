@@ -147,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=8,
         help="parts being uploaded at once; with the part size this bounds the memory used for uploads",
     )
+    p.add_argument(
+        "--max_buffer_mib",
+        type=positive_int,
+        default=1024,
+        help="memory (MiB) that files still being received may hold for reassembly; a file that "
+        "would need more (chunks far out of order) fails with a clear error instead",
+    )
     p.add_argument("--logger_stream_level", type=level, default="info", help="log level on stderr")
     p.add_argument(
         "--logger_file_level", type=level, default="warning", help="log level of the log file"
@@ -206,6 +213,10 @@ def options_from_args(args: argparse.Namespace) -> ProcessorOptions:
         )
     if args.part_size < 5:
         raise ConfigError(f"--part_size {args.part_size} is below S3's minimum part size of 5 MiB")
+    if args.max_buffer_mib < 2 * args.part_size:
+        raise ConfigError(
+            f"--max_buffer_mib {args.max_buffer_mib} must be at least twice --part_size ({args.part_size})"
+        )
     group = args.consumer_group_id
     if group.lower() == "create_new":
         group = str(uuid.uuid1())
@@ -217,6 +228,7 @@ def options_from_args(args: argparse.Namespace) -> ProcessorOptions:
         n_threads=args.n_threads,
         part_size=args.part_size * MiB,
         max_parts_in_flight=args.max_parts_in_flight,
+        max_buffered=args.max_buffer_mib * MiB,
         validate=args.validate,
         download_regex=args.download_regex,
     )

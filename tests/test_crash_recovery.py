@@ -1,0 +1,224 @@
+"""Never lose a file: SIGKILL the processor at many points and restart it with the same group.
+
+Kill points are the failpoints in the code (a real ``kill -9`` the n-th time the
+process passes a point: mid multipart upload, between upload and commit, inside
+a registry write, ...) plus kills from outside at arbitrary moments. After the
+last run every file must be in the bucket exactly once with identical bytes, the
+registry must list each file exactly once, and each restart may re-read only
+the chunks of the files that were in flight plus one poll batch per partition.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+from helpers import CHUNK, ProcessorRun, encoded_chunks, list_objects, read_object, write_tree
+from s3transfer_stream.kafka import file_partition
+from s3transfer_stream.registry import InProgressRow, ProcessedRow, read_table
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PARTITIONS = 2
+BATCH = 64  # the processor's poll batch (ProcessorOptions.batch_size)
+
+# (failpoint, n-th hit) or ("external", seconds after start)
+KILLS: list[tuple[str, float]] = [
+    ("batch", 3),  # during consumption
+    ("part_uploaded", 2),  # mid multipart upload
+    ("before_complete", 1),  # all parts sent, not completed
+    ("uploaded", 4),  # object stored, not yet validated
+    ("validated", 6),  # validated, not yet journaled
+    ("journaled", 5),  # journaled, registry row not written
+    ("registry_write", 7),  # inside the atomic registry write (temp file written, not renamed)
+    ("registered", 8),  # registry written, offsets not yet committed
+    ("commit", 12),  # right after an offset commit
+    ("external", 1.5),
+    ("part_uploaded", 5),
+    ("external", 3.0),
+]
+
+
+def make_files(rng: random.Random) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    for i in range(8):
+        files[f"big/part_{i}.bin"] = rng.randbytes(11 * 2**20 + rng.randrange(2**20))
+    for i in range(96):
+        size = rng.choice([0, 1, 100, CHUNK, 2 * CHUNK, rng.randrange(1, 3 * CHUNK)])
+        files[f"d{i % 7}/f_{i:03d}.dat"] = rng.randbytes(size)
+    return files
+
+
+def produce_recording_offsets(
+    bootstrap: str, topic: str, root: Path, rels: list[str]
+) -> dict[str, list[tuple[int, int]]]:
+    """Produces every file (file-affine) and returns rel -> [(partition, offset)] of its chunks."""
+    p = Producer(
+        {"bootstrap.servers": bootstrap, "message.max.bytes": "67108864", "linger.ms": "20"}
+    )
+    where: dict[str, list[tuple[int, int]]] = {rel: [] for rel in rels}
+    errors: list[str] = []
+
+    def report(rel: str) -> Any:
+        def cb(err: Any, msg: Any) -> None:
+            if err is not None:
+                errors.append(str(err))
+            else:
+                where[rel].append((msg.partition(), msg.offset()))
+
+        return cb
+
+    for rel in rels:
+        part = file_partition(rel, PARTITIONS)
+        for key, value in encoded_chunks(root, rel):
+            while True:
+                try:
+                    p.produce(topic, key=key, value=value, partition=part, on_delivery=report(rel))
+                    break
+                except BufferError:
+                    p.poll(0.1)
+            p.poll(0)
+    assert p.flush(120) == 0
+    assert not errors, errors
+    return where
+
+
+COMMIT_LINE = re.compile(r"Committed \S+: (.*)$")
+RESUME_LINE = re.compile(r"Partition (\d+) of \S+: resuming at offset (\d+)")
+
+
+def last_read_positions(log: str) -> dict[int, int]:
+    """From the DEBUG commit lines: how far each partition had been read at the last commit."""
+    read: dict[int, int] = {}
+    for line in log.splitlines():
+        m = COMMIT_LINE.search(line)
+        if m:
+            for part in m.group(1).split(", "):
+                pm = re.match(r"(\d+)@\d+ \(read to (\d+)\)", part)
+                if pm:
+                    read[int(pm.group(1))] = int(pm.group(2))
+    return read
+
+
+def journaled(out: Path, topic: str, group: str) -> set[str]:
+    path = out / "LOGS" / f"transfers_{topic}_by_{group}.jsonl"
+    if not path.exists():
+        return set()
+    rels = set()
+    for line in path.read_text().splitlines():
+        try:
+            rels.add(json.loads(line)["rel"])
+        except (ValueError, KeyError):
+            pass
+    return rels
+
+
+def test_crash_matrix_loses_nothing_and_rereads_little(
+    tmp_path: Path, new_topic: Any, new_bucket: Any, s3_client: Any, kafka_bootstrap: str
+) -> None:
+    rng = random.Random(4)
+    files = make_files(rng)
+    src = tmp_path / "src"
+    write_tree(src, files)
+    topic = new_topic(partitions=PARTITIONS)
+    bucket = new_bucket()
+    rels = list(files)
+    offsets = produce_recording_offsets(kafka_bootstrap, topic, src, rels)
+    group = f"crash-{uuid.uuid4().hex[:8]}"
+    out = tmp_path / "out"
+    expected = {f"{topic}/{rel}": len(data) for rel, data in files.items()}
+    common = ("--part_size", "5", "--logger_stream_level", "debug")
+
+    kills = 0
+    reports: list[str] = []
+    previous_log = ""
+    for n, (point, arg) in enumerate(KILLS):
+        done_before = journaled(out, topic, group)
+        env = dict(os.environ)
+        if point != "external":
+            env["S3TS_FAILPOINT"] = f"{point}:{int(arg)}"
+        else:
+            env.pop("S3TS_FAILPOINT", None)
+        run = ProcessorRun(bucket, topic, group, out, *common, env=env, tag=f"run{n}")
+        assigned_at = None
+        killed_here = False
+        deadline = time.monotonic() + 240
+        while run.proc.poll() is None and time.monotonic() < deadline:
+            err = run.stderr()
+            if assigned_at is None and ("resuming at offset" in err or "starting from" in err):
+                assigned_at = time.monotonic()
+            if (
+                point == "external"
+                and assigned_at is not None
+                and time.monotonic() - assigned_at >= arg
+            ):
+                run.proc.send_signal(signal.SIGKILL)
+                killed_here = True
+                break
+            if list_objects(s3_client, bucket) == expected:
+                break  # all done before the kill point was reached
+            time.sleep(0.1)
+        rc = run.wait(60) if killed_here or run.proc.poll() is not None else run.quit()
+        log = run.stderr()
+        if rc == -signal.SIGKILL:
+            kills += 1
+        elif list_objects(s3_client, bucket) == expected:
+            pass  # everything was done before this point was reached
+        else:
+            raise AssertionError(
+                f"run {n} ({point}) ended with {rc} instead of a kill:\n{log[-4000:]}"
+            )
+
+        # What this run re-read, against what was in flight when the previous run died.
+        if n > 0:
+            resume = {int(p): int(o) for p, o in RESUME_LINE.findall(log)}
+            read_before = last_read_positions(previous_log)
+            reread = sum(max(0, read_before.get(p, 0) - resume.get(p, 0)) for p in resume)
+            in_flight = sum(
+                1
+                for rel, where in offsets.items()
+                if rel not in done_before
+                for p, o in where
+                if resume.get(p, 0) <= o < read_before.get(p, 0)
+            )
+            bound = in_flight + BATCH * PARTITIONS
+            reports.append(
+                f"restart {n}: re-read {reread} messages (in flight {in_flight}, bound {bound})"
+            )
+            assert reread <= bound, reports[-1]
+        previous_log = log
+
+    # The last run goes to the end.
+    final = ProcessorRun(bucket, topic, group, out, *common, tag="final")
+    final.wait_for(lambda: list_objects(s3_client, bucket) == expected, 300, "every object")
+    assert final.quit() == 0
+    print("\n".join(reports))
+    assert kills >= 10, f"only {kills} runs were killed"
+
+    for rel, data in files.items():
+        got = read_object(s3_client, bucket, f"{topic}/{rel}")
+        assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest(), rel
+    assert list_objects(s3_client, bucket) == expected  # nothing extra
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+    logs = out / "LOGS"
+    processed = read_table(ProcessedRow, logs / f"processed_from_{topic}_by_{group}.csv")
+    in_progress = read_table(
+        InProgressRow, logs / f"consuming_from_{topic}_by_{group}_in_progress.csv"
+    )
+    listed = sorted(r.rel_filepath.as_posix() for r in processed)
+    assert listed == sorted(files), (
+        "each file must be listed exactly once in the processed registry"
+    )
+    assert in_progress == []
+    assert not list(logs.glob(".*.tmp"))
