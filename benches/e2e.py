@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
+    BENCHES,
     OMS_CONFIG,
     RESULTS,
     MiB,
@@ -60,6 +61,13 @@ from _common import (
 )
 
 PROGRAMS = ("ours", "theirs")
+#: ``--also_tuned``: our processor once more, with the settings that rss_big_file.py's sweep
+#: found best ("proposal A"); run through benches/_ours_tuned.py for the batch size.
+TUNED = "ours-tuned"
+TUNED_ARGS = ["--max_parts_in_flight", "4"]
+TUNED_CONSUMER = {"fetch.queue.backoff.ms": "10", "queued.max.messages.kbytes": "16384"}
+TUNED_ENV = {"BENCH_BATCH_SIZE": "16"}
+ALL_PROGRAMS = (*PROGRAMS, TUNED)
 WORK_PREFIX = "s3ts-bench-e2e-"
 
 
@@ -125,8 +133,15 @@ def produce(root: Path, files: dict[str, int], topic: str, args: argparse.Namesp
 def processor_argv(
     program: str, bucket: str, topic: str, group: str, out: Path, cfg: Path, n_threads: int
 ) -> list[str]:
+    if program == TUNED:
+        exe = [sys.executable, str(BENCHES / "_ours_tuned.py")]
+        cfg = cfg.with_name("tuned.config")
+        if not cfg.exists():
+            cfg.write_text(OMS_CONFIG + "".join(f"{k} = {v}\n" for k, v in TUNED_CONSUMER.items()))
+    else:
+        exe = [str(processor_exe(program))]
     return [
-        str(processor_exe(program)),
+        *exe,
         bucket,
         "--config",
         str(cfg),
@@ -138,6 +153,7 @@ def processor_argv(
         str(n_threads),
         "--output_dir",
         str(out),
+        *(TUNED_ARGS if program == TUNED else []),
     ]
 
 
@@ -164,7 +180,9 @@ def run_one(
         r = run_until_objects(
             program,
             processor_argv(program, bucket, topic, group, out, cfg, args.n_threads),
-            env=dict(os.environ) if program == "ours" else oms_env(),
+            env=oms_env()
+            if program == "theirs"
+            else {**os.environ, **(TUNED_ENV if program == TUNED else {})},
             cwd=work,
             log_path=work / f"{program}-run{run}.log",
             client=client,
@@ -284,7 +302,7 @@ def baseline_s3(client: Any, root: Path, files: dict[str, int], threads: int = 8
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
-    for program in PROGRAMS:
+    for program in ALL_PROGRAMS:
         ok = [r for r in runs if r["program"] == program and r["status"] == "ok"]
         if not ok:
             continue
@@ -310,6 +328,14 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "peak_rss_div (theirs / ours)": round(t["peak_rss_MiB"] / o["peak_rss_MiB"], 2),
             "cpu_at_done_div (theirs / ours)": round(t["cpu_s_at_done"] / o["cpu_s_at_done"], 2),
         }
+        if TUNED in summary:
+            u = summary[TUNED]
+            summary["ratios"]["throughput_x (ours-tuned / theirs)"] = round(
+                u["throughput_MBps"] / t["throughput_MBps"], 2
+            )
+            summary["ratios"]["peak_rss_div (theirs / ours-tuned)"] = round(
+                t["peak_rss_MiB"] / u["peak_rss_MiB"], 2
+            )
     return summary
 
 
@@ -391,7 +417,7 @@ def print_report(
                 s["cpu_s_at_done"],
             ]
             for p, s in summary.items()
-            if p in PROGRAMS
+            if p in ALL_PROGRAMS
         ]
         print(fmt_table(headers, rows))
     if "ratios" in summary:
@@ -418,6 +444,12 @@ def main(argv: list[str] | None = None) -> int:
         "--repeat", type=int, default=2, help="runs of each processor (order alternates)"
     )
     ap.add_argument("--only", choices=PROGRAMS, default=None)
+    ap.add_argument(
+        "--also_tuned",
+        action="store_true",
+        help=f"also run {TUNED}: ours with {TUNED_CONSUMER}, {' '.join(TUNED_ARGS)} and "
+        "16 messages per consume call (not in the ratios of ours vs theirs)",
+    )
     ap.add_argument(
         "--timeout", type=float, default=300.0, help="per run, until all objects are listed"
     )
@@ -461,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
 
     bootstrap = os.environ["LOCAL_KAFKA_BROKER_BOOTSTRAP_SERVERS"]
     programs = [args.only] if args.only else list(PROGRAMS)
+    if args.also_tuned and args.only != "theirs":
+        programs.append(TUNED)
     if "theirs" in programs:
         oms_python()
     root = work / "data"
