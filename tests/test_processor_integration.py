@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 from helpers import (
     CHUNK,
     ProcessorRun,
+    S3Proxy,
     encoded_chunks,
     list_objects,
     produce,
@@ -258,3 +260,81 @@ def test_bad_config_and_unreachable_services_fail_clearly(
 
     r = run("bad/bucket", "--topic_name", topic)
     assert r.returncode == 2 and "bucket name 'bad/bucket'" in r.stderr
+
+
+def test_failed_upload_is_recorded_and_retried_by_the_next_run(
+    tmp_path: Path, new_topic: Any, new_bucket: Any, s3_client: Any, kafka_bootstrap: str
+) -> None:
+    """The bucket refuses writes during the first run: the file is recorded as failed and
+    its offsets stay uncommitted, so the next run with the same group transfers it."""
+    proxy = S3Proxy(int(os.environ["S3TS_S3_PORT"]))
+    try:
+        src = tmp_path / "src"
+        files = {"first.dat": b"1" * 5000, "later/second.bin": os.urandom(6 * 2**20 + 3)}
+        write_tree(src, files)
+        topic = new_topic(partitions=1)
+        bucket = new_bucket()
+        group = f"g-{uuid.uuid4().hex[:8]}"
+        out = tmp_path / "out"
+        env = {**os.environ, "ENDPOINT_URL": proxy.url}
+        run = ProcessorRun(bucket, topic, group, out, "--part_size", "5", env=env, tag="denied")
+        run.wait_for(lambda: "Listening to the" in run.stderr(), 60, "startup")
+        proxy.deny()
+        produce_tree(kafka_bootstrap, topic, src, files, partitions=1)
+        run.wait_for(lambda: run.stderr().count("Failed to transfer") >= 2, 120, "both failures")
+        assert run.quit() == 0
+        assert proxy.denied > 0
+        assert list_objects(s3_client, bucket) == {}
+        in_progress, processed = registry_tables(out, topic, group)
+        assert {r.rel_filepath.as_posix(): r.status for r in in_progress} == {
+            "first.dat": "failed",
+            "later/second.bin": "failed",
+        }
+        assert processed == []
+        err = run.stderr()
+        assert "AccessDenied" in err and "first.dat" in err
+
+        proxy.allow()
+        run2 = ProcessorRun(bucket, topic, group, out, "--part_size", "5", env=env, tag="retry")
+        expected = {f"{topic}/{rel}": len(data) for rel, data in files.items()}
+        run2.wait_for(lambda: list_objects(s3_client, bucket) == expected, 120, "the retried files")
+        run2.wait_for(lambda: run2.stderr().count("Transferred ") >= 2, 30, "transfer lines")
+        assert run2.quit() == 0
+        for rel, data in files.items():
+            assert read_object(s3_client, bucket, f"{topic}/{rel}") == data
+        in_progress, processed = registry_tables(out, topic, group)
+        assert in_progress == []
+        assert sorted(r.rel_filepath.as_posix() for r in processed) == sorted(files)
+        assert "were unfinished or failed in an earlier run" in run2.stderr()
+    finally:
+        proxy.close()
+
+
+def test_file_produced_twice_is_listed_twice_and_restart_adds_nothing(
+    tmp_path: Path, new_topic: Any, new_bucket: Any, s3_client: Any, kafka_bootstrap: str
+) -> None:
+    src = tmp_path / "src"
+    files = {"twice/same.dat": os.urandom(3 * CHUNK + 10)}
+    write_tree(src, files)
+    topic = new_topic(partitions=2)
+    bucket = new_bucket()
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    out = tmp_path / "out"
+    produce_tree(kafka_bootstrap, topic, src, files, partitions=2)
+    run = ProcessorRun(bucket, topic, group, out, "--validate", "full")
+    run.wait_for(lambda: run.stderr().count("Transferred twice/same.dat") == 1, 120, "first copy")
+    produce_tree(kafka_bootstrap, topic, src, files, partitions=2)  # the same file again
+    run.wait_for(lambda: run.stderr().count("Transferred twice/same.dat") == 2, 120, "second copy")
+    assert run.quit() == 0
+    assert "re-read object matches the producer's SHA-512" in run.stderr()
+    assert list_objects(s3_client, bucket) == {f"{topic}/twice/same.dat": 3 * CHUNK + 10}
+    _, processed = registry_tables(out, topic, group)
+    assert [r.rel_filepath.as_posix() for r in processed] == ["twice/same.dat"] * 2
+
+    run2 = ProcessorRun(bucket, topic, group, out, tag="again")
+    run2.wait_for(lambda: "Listening to the" in run2.stderr(), 60, "startup")
+    time.sleep(3)
+    assert run2.quit() == 0
+    assert "Transferred" not in run2.stderr()
+    _, processed = registry_tables(out, topic, group)
+    assert len(processed) == 2

@@ -175,6 +175,7 @@ class S3TransferStreamProcessor:
         for e in self.journal.entries:
             for partition, runs in e.offsets:
                 self.assembler.skip_offsets(partition, runs)
+            self.registry.discard_in_progress(e.rel_path, started_by=e.processed_at)
             if (e.rel_path, e.processed_at.replace(microsecond=0)) not in have:
                 self.registry.register_processed(
                     e.rel_path, e.filename, e.n_chunks, e.first_message, processed_at=e.processed_at

@@ -829,6 +829,19 @@ class StreamRegistry:
                 table.mark_dirty()
             _write_logged(table)
 
+    def discard_in_progress(self, rel_filepath: str, *, started_by: datetime) -> bool:
+        """Removes the in-progress row of a file known to be transferred (a crash came
+        between recording it as processed and removing this row). A row for an instance
+        first seen after ``started_by`` is newer and stays."""
+        key = _rel_key(rel_filepath)
+        with self._in_progress.lock:
+            row = self._in_progress.get(key)
+            if row is None or row.first_message > started_by.replace(microsecond=0):
+                return False
+            self._in_progress.pop(key)
+            _write_logged(self._in_progress)
+            return True
+
     def register_processed(
         self,
         rel_filepath: str,
