@@ -583,15 +583,15 @@ impl Assembler {
         dropped
     }
 
-    /// Unfinished files: (info, chunks received, bytes buffered).
-    pub fn in_progress(&self) -> Vec<(FileInfo, u64, u64)> {
+    /// Unfinished files: (info, chunks received, bytes buffered, partitions its chunks came from).
+    pub fn in_progress(&self) -> Vec<(FileInfo, u64, u64, Vec<i32>)> {
         let files: Vec<_> = lock(&self.table).files.values().cloned().collect();
         files
             .iter()
             .map(|f| {
                 let fa = lock(f);
                 let buffered = fa.parts.values().map(|s| s.bytes().len() as u64).sum();
-                (fa.info.clone(), fa.chunks.covered(), buffered)
+                (fa.info.clone(), fa.chunks.covered(), buffered, fa.offsets.keys().copied().collect())
             })
             .collect()
     }

@@ -367,6 +367,9 @@ impl Event {
     }
 }
 
+/// `(file, chunks received, bytes buffered, partitions its chunks came from)`.
+type InProgress = (Py<FileInfo>, u64, u64, Vec<i32>);
+
 /// Reassembles files from chunk messages; shared by all consumer threads.
 #[pyclass(frozen, module = "s3transfer_stream._core")]
 pub struct Assembler {
@@ -472,9 +475,13 @@ impl Assembler {
         self.inner.drop_partitions(&partitions).iter().map(|f| file_info(py, f)).collect()
     }
 
-    /// `(file, chunks received, bytes buffered)` for every unfinished file.
-    fn in_progress(&self, py: Python<'_>) -> PyResult<Vec<(Py<FileInfo>, u64, u64)>> {
-        self.inner.in_progress().iter().map(|(f, c, b)| Ok((file_info(py, f)?, *c, *b))).collect()
+    /// `(file, chunks received, bytes buffered, partitions)` for every unfinished file.
+    fn in_progress(&self, py: Python<'_>) -> PyResult<Vec<InProgress>> {
+        self.inner
+            .in_progress()
+            .iter()
+            .map(|(f, c, b, p)| Ok((file_info(py, f)?, *c, *b, p.clone())))
+            .collect()
     }
 }
 

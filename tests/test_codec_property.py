@@ -388,6 +388,6 @@ def test_assembler_survives_mutations(values: list[bytes]) -> None:
         if ev.kind == "complete":
             assert ev.file is not None
             assert ev.size <= 70_000
-    for info, n_chunks, n_bytes in asm.in_progress():
+    for info, n_chunks, n_bytes, _partitions in asm.in_progress():
         assert 0 < n_chunks <= info.n_chunks
         assert n_bytes >= 0

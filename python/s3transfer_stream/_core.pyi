@@ -241,8 +241,9 @@ class Assembler:
     def skip_offsets(self, partition: int, ranges: Sequence[tuple[int, int]]) -> None:
         """Marks half-open offset ranges as already accounted for: skipped undecoded."""
     def clear_skips(self, partitions: Sequence[int]) -> None: ...
-    def in_progress(self) -> list[tuple[FileInfo, int, int]]:
-        """``(file, chunks received, bytes buffered)`` for every unfinished file."""
+    def in_progress(self) -> list[tuple[FileInfo, int, int, list[int]]]:
+        """``(file, chunks received, bytes buffered, partitions its chunks came from)``
+        for every unfinished file."""
 
 @final
 class FileChunker:

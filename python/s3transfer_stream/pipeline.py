@@ -57,6 +57,9 @@ class ProcessorOptions:
     batch_size: int = 64
     poll_timeout: float = 0.5
     shutdown_timeout: float = 120.0
+    #: A file that gets no chunk for this long while every owned partition is read
+    #: to its end is reported (once) as waiting for chunks it cannot see.
+    stall_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,11 @@ class S3TransferStreamProcessor:
         )
         self._finish_pool = ThreadPoolExecutor(4, thread_name_prefix="s3-finish")
         self._threads: list[threading.Thread] = []
+        # Per consumer thread: partitions owned, and whether they are read to their end.
+        self._caught_up: dict[int, tuple[frozenset[int], bool, int]] = {}
+        self._progress: dict[int, tuple[int, float]] = {}
+        self._stalled: set[int] = set()
+        self._last_stall_check = 0.0
         self._thread_errors: list[BaseException] = []
 
     # -- lifecycle ---------------------------------------------------------------
@@ -254,9 +262,9 @@ class S3TransferStreamProcessor:
             uploading = [
                 fu
                 for fu in self._uploads.values()
-                if fu.info.instance not in {f.instance for f, _, _ in in_progress}
+                if fu.info.instance not in {f.instance for f, _, _, _ in in_progress}
             ]
-        for f, chunks, buffered in in_progress[:50]:
+        for f, chunks, buffered, _ in in_progress[:50]:
             self.log.info(
                 f"\t{f.rel_output_path} (in progress: {chunks}/{f.n_chunks} chunks, {buffered} bytes buffered)"
             )
@@ -301,7 +309,7 @@ class S3TransferStreamProcessor:
             self._release_partitions(c, revoked, owned, committed)
 
         consumer.subscribe([o.topic], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_revoke)
-        last_commit = time.monotonic()
+        last_commit = last_lag_check = time.monotonic()
         try:
             while not self.stop.is_set():
                 msgs = consumer.consume(num_messages=o.batch_size, timeout=o.poll_timeout)
@@ -320,10 +328,69 @@ class S3TransferStreamProcessor:
                 if good or time.monotonic() - last_commit >= o.commit_interval:
                     self._commit(consumer, owned, committed, asynchronous=True)
                     last_commit = time.monotonic()
+                if time.monotonic() - last_lag_check >= 5.0:
+                    self._check_lag(consumer, index, owned)
+                    last_lag_check = time.monotonic()
             self._drain(owned)
             self._commit(consumer, owned, committed)
         finally:
             consumer.close()
+
+    def _check_lag(self, consumer: Consumer, index: int, owned: set[int]) -> None:
+        """Notes whether this thread has read its partitions to their end."""
+        topic = self.options.topic
+        caught_up = True
+        try:
+            n_partitions = len(consumer.list_topics(topic, timeout=5).topics[topic].partitions)
+            for tp in consumer.position([TopicPartition(topic, p) for p in owned]):
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, tp.partition), timeout=5
+                )
+                position = tp.offset if tp.offset >= 0 else low
+                caught_up &= position >= high
+        except (KafkaException, KeyError):
+            caught_up, n_partitions = False, 0
+        self._caught_up[index] = (frozenset(owned), caught_up, n_partitions)
+
+    def check_stalled_files(self) -> None:
+        """Reports files that cannot complete from what this process can read: their
+        other chunks were not produced (yet), or sit in partitions another member of
+        the group owns (a producer that spreads a file's chunks over partitions)."""
+        now = time.monotonic()
+        if now - self._last_stall_check < 5.0:
+            return
+        self._last_stall_check = now
+        states = [self._caught_up.get(i) for i in range(self.options.n_threads)]
+        if not all(st is not None and st[1] for st in states):
+            self._progress.clear()  # still reading: nothing is stalled yet
+            return
+        owned = frozenset().union(*(st[0] for st in states if st is not None))
+        n_partitions = max(st[2] for st in states if st is not None)
+        for info, chunks, _, partitions in self.assembler.in_progress():
+            seen = self._progress.get(info.instance)
+            if seen is None or seen[0] != chunks:
+                self._progress[info.instance] = (chunks, now)
+                continue
+            if now - seen[1] < self.options.stall_seconds or info.instance in self._stalled:
+                continue
+            self._stalled.add(info.instance)
+            topic, group = self.options.topic, self.options.group_id
+            if len(owned) < n_partitions:
+                others = sorted(set(range(n_partitions)) - owned)
+                why = (
+                    f"its other chunks must be in partitions {others} of {topic}, which another member of "
+                    f"group {group} owns (the producer spread this file over partitions {sorted(partitions)}"
+                    "...); it completes once one process owns all of them: for topics written that way run "
+                    "one process with more --n_threads"
+                )
+            else:
+                why = "the producer has not sent its other chunks (stopped, or still sending)"
+            self.log.warning(
+                f"{info.rel_output_path} has {chunks} of {info.n_chunks} chunks and no more arrived for "
+                f"{self.options.stall_seconds:g} s although partitions {sorted(owned)} are read to their end: {why}. "
+                "Its offsets stay uncommitted, so nothing is lost"
+            )
+            self.registry.mark_waiting(info.rel_path, info.filename, info.n_chunks)
 
     def _handle_batch(self, msgs: list[Any]) -> None:
         events, n_stored = self.assembler.add_messages(msgs)

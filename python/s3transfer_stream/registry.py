@@ -76,6 +76,8 @@ MAX_ROWS_PER_FILE = 1000
 IN_PROGRESS = "in_progress"
 FAILED = "failed"
 MISMATCHED_HASH = "mismatched_hash"
+#: Not an OpenMSIStream status: the file cannot complete from what this process reads.
+WAITING = "waiting_for_chunks"
 _FAILED_STATUSES = (FAILED, MISMATCHED_HASH)
 
 
@@ -828,6 +830,22 @@ class StreamRegistry:
                 row.most_recent_message = now
                 table.mark_dirty()
             _write_logged(table)
+
+    def mark_waiting(self, rel_filepath: str, filename: str, n_chunks: int) -> None:
+        """Status ``waiting_for_chunks``: the file cannot complete from what this process
+        reads (its remaining chunks are elsewhere or not produced yet)."""
+        key = _rel_key(rel_filepath)
+        now = _now()
+        with self._in_progress.lock:
+            row = self._in_progress.get(key)
+            if row is None:
+                self._in_progress.add(
+                    InProgressRow(filename, Path(key), WAITING, n_chunks, now, now)
+                )
+            else:
+                row.status = WAITING
+                self._in_progress.mark_dirty()
+            _write_logged(self._in_progress)
 
     def discard_in_progress(self, rel_filepath: str, *, started_by: datetime) -> bool:
         """Removes the in-progress row of a file known to be transferred (a crash came

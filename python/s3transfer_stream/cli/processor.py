@@ -154,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="memory (MiB) that files still being received may hold for reassembly; a file that "
         "would need more (chunks far out of order) fails with a clear error instead",
     )
+    p.add_argument(
+        "--stall_report_seconds",
+        type=float,
+        default=30.0,
+        help="report (once, as a warning and with registry status waiting_for_chunks) a file that "
+        "got no chunk for this long although every partition this process owns is read to its end",
+    )
     p.add_argument("--logger_stream_level", type=level, default="info", help="log level on stderr")
     p.add_argument(
         "--logger_file_level", type=level, default="warning", help="log level of the log file"
@@ -229,6 +236,7 @@ def options_from_args(args: argparse.Namespace) -> ProcessorOptions:
         part_size=args.part_size * MiB,
         max_parts_in_flight=args.max_parts_in_flight,
         max_buffered=args.max_buffer_mib * MiB,
+        stall_seconds=args.stall_report_seconds,
         validate=args.validate,
         download_regex=args.download_regex,
     )
@@ -279,6 +287,7 @@ def main(argv: list[str] | None = None, *, stdin: TextIO | None = None) -> int:
     def watch() -> None:
         if processor.stop.is_set():
             console.request_stop("a consumer thread stopped")
+        processor.check_stalled_files()
 
     try:
         console.run_until_stopped(tick=watch)

@@ -1,0 +1,200 @@
+"""Several processor processes in one consumer group: scale-out and rebalances."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import signal
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import (
+    CHUNK,
+    ProcessorRun,
+    encoded_chunks,
+    list_objects,
+    produce,
+    produce_tree,
+    read_object,
+    write_tree,
+)
+from s3transfer_stream.registry import InProgressRow, ProcessedRow, read_table
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TRANSFER = re.compile(r"Transferred (.+?) -> s3://")
+
+
+def tree(rng: random.Random, n: int) -> dict[str, bytes]:
+    files = {
+        f"scan_{i % 4}/img_{i:03d}.raw": rng.randbytes(rng.randrange(1, 2_500_000))
+        for i in range(n)
+    }
+    for i in range(4):
+        files[f"volumes/vol_{i}.bin"] = rng.randbytes(9 * 2**20 + i)
+    return files
+
+
+def start_members(bucket: str, topic: str, group: str, root: Path, n: int) -> list[ProcessorRun]:
+    runs = []
+    for i in range(n):
+        runs.append(
+            ProcessorRun(bucket, topic, group, root / f"member{i}", "--part_size", "5", tag=f"m{i}")
+        )
+    for r in runs:
+        r.wait_for(lambda r=r: "Listening to the" in r.stderr(), 60, "startup")
+    return runs
+
+
+def transferred(runs: list[ProcessorRun]) -> list[str]:
+    return [m.group(1) for r in runs for m in TRANSFER.finditer(r.stderr())]
+
+
+def processed_rows(root: Path, topic: str, group: str, n: int) -> list[str]:
+    rows: list[str] = []
+    for i in range(n):
+        path = root / f"member{i}" / "LOGS" / f"processed_from_{topic}_by_{group}.csv"
+        if path.exists():
+            rows += [r.rel_filepath.as_posix() for r in read_table(ProcessedRow, path)]
+    return rows
+
+
+def test_three_processes_share_a_topic_and_transfer_each_file_once(
+    tmp_path: Path, new_topic: Any, new_bucket: Any, s3_client: Any, kafka_bootstrap: str
+) -> None:
+    rng = random.Random(5)
+    files = tree(rng, 56)
+    src = tmp_path / "src"
+    write_tree(src, files)
+    topic = new_topic(partitions=6)
+    bucket = new_bucket()
+    group = f"scale-{uuid.uuid4().hex[:8]}"
+    runs = start_members(bucket, topic, group, tmp_path, 3)
+    # Wait until the group has settled: every member owns partitions.
+    for r in runs:
+        r.wait_for(
+            lambda r=r: "starting from" in r.stderr() or "resuming at" in r.stderr(),
+            60,
+            "assignment",
+        )
+    produce_tree(kafka_bootstrap, topic, src, files, partitions=6)
+    expected = {f"{topic}/{rel}": len(data) for rel, data in files.items()}
+    runs[0].wait_for(lambda: list_objects(s3_client, bucket) == expected, 300, "every object")
+    runs[0].wait_for(lambda: len(transferred(runs)) >= len(files), 60, "every transfer line")
+    for r in runs:
+        assert r.quit() == 0
+
+    done = transferred(runs)
+    assert sorted(done) == sorted(files), "each file is transferred exactly once by the group"
+    assert sum(1 for r in runs if TRANSFER.search(r.stderr())) >= 2, "the work was shared"
+    assert sorted(processed_rows(tmp_path, topic, group, 3)) == sorted(files)
+    for rel, data in files.items():
+        assert (
+            hashlib.sha256(read_object(s3_client, bucket, f"{topic}/{rel}")).digest()
+            == hashlib.sha256(data).digest()
+        )
+
+
+def test_survivors_finish_the_files_of_a_killed_member(
+    tmp_path: Path, new_topic: Any, new_bucket: Any, s3_client: Any, kafka_bootstrap: str
+) -> None:
+    rng = random.Random(6)
+    files = tree(rng, 80)
+    src = tmp_path / "src"
+    write_tree(src, files)
+    topic = new_topic(partitions=6)
+    bucket = new_bucket()
+    group = f"rebal-{uuid.uuid4().hex[:8]}"
+    runs = start_members(bucket, topic, group, tmp_path, 3)
+    for r in runs:
+        r.wait_for(
+            lambda r=r: "starting from" in r.stderr() or "resuming at" in r.stderr(),
+            60,
+            "assignment",
+        )
+    produce_tree(kafka_bootstrap, topic, src, files, partitions=6)
+    victim = runs[1]
+    victim.wait_for(lambda: "Transferred " in victim.stderr(), 120, "the victim to be busy")
+    victim.proc.send_signal(signal.SIGKILL)
+    assert victim.wait(30) == -signal.SIGKILL
+    survivors = [runs[0], runs[2]]
+
+    expected = {f"{topic}/{rel}": len(data) for rel, data in files.items()}
+    survivors[0].wait_for(lambda: list_objects(s3_client, bucket) == expected, 300, "every object")
+    for r in survivors:
+        assert r.quit() == 0
+    for rel, data in files.items():
+        got = read_object(s3_client, bucket, f"{topic}/{rel}")
+        assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest(), rel
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    # The survivors took over the victim's partitions (after its session timed out).
+    taken_over = sum(r.stderr().count("resuming at offset") for r in survivors)
+    assert taken_over >= 1
+    done = transferred(runs)
+    assert set(done) == set(files)
+
+
+def test_file_split_across_members_is_reported_and_lands_once_one_member_owns_it(
+    tmp_path: Path, new_topic: Any, new_bucket: Any, s3_client: Any, kafka_bootstrap: str
+) -> None:
+    """An OpenMSIStream-style producer spreads a file's chunks over partitions; with two
+    processes each sees half. Both say so; when one leaves, the other completes the file."""
+    src = tmp_path / "src"
+    data = random.Random(7).randbytes(6 * CHUNK + 5)
+    write_tree(src, {"split/file.bin": data})
+    topic = new_topic(partitions=2)
+    bucket = new_bucket()
+    group = f"split-{uuid.uuid4().hex[:8]}"
+    runs = [
+        ProcessorRun(
+            bucket,
+            topic,
+            group,
+            tmp_path / f"member{i}",
+            "--stall_report_seconds",
+            "3",
+            tag=f"m{i}",
+        )
+        for i in range(2)
+    ]
+    for r in runs:
+        r.wait_for(
+            lambda r=r: "starting from" in r.stderr() or "resuming at" in r.stderr(),
+            60,
+            "assignment",
+        )
+    chunks = encoded_chunks(src, "split/file.bin")
+    produce(kafka_bootstrap, topic, [(k, v, i % 2) for i, (k, v) in enumerate(chunks)])
+    for r in runs:
+        r.wait_for(
+            lambda r=r: (
+                "split/file.bin has 3 of 7 chunks" in r.stderr()
+                or "split/file.bin has 4 of 7 chunks" in r.stderr()
+            ),
+            60,
+            "the report",
+        )
+        assert "another member of group" in r.stderr()
+    for i in range(2):
+        rows = read_table(
+            InProgressRow,
+            tmp_path / f"member{i}" / "LOGS" / f"consuming_from_{topic}_by_{group}_in_progress.csv",
+        )
+        assert [(r.rel_filepath.as_posix(), r.status) for r in rows] == [
+            ("split/file.bin", "waiting_for_chunks")
+        ]
+    assert list_objects(s3_client, bucket) == {}
+
+    assert runs[1].quit() == 0  # the other member now owns both partitions
+    runs[0].wait_for(
+        lambda: f"{topic}/split/file.bin" in list_objects(s3_client, bucket), 120, "the file"
+    )
+    assert runs[0].quit() == 0
+    assert read_object(s3_client, bucket, f"{topic}/split/file.bin") == data
+    processed = read_table(
+        ProcessedRow, tmp_path / "member0" / "LOGS" / f"processed_from_{topic}_by_{group}.csv"
+    )
+    assert [r.rel_filepath.as_posix() for r in processed] == ["split/file.bin"]
