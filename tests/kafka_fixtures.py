@@ -1,56 +1,15 @@
-"""Kafka fixtures and helpers for the producer tests (no conftest needed).
-
-``kafka_bootstrap`` is the broker from ``$LOCAL_KAFKA_BROKER_BOOTSTRAP_SERVERS``;
-tests that use it are skipped, with the reason, when that variable is unset or the
-broker does not answer. ``new_topic(partitions)`` creates a fresh uniquely named
-topic and deletes it after the test. Same names and signatures as the session
-fixtures of ``tests/conftest.py``, so either set can serve these tests.
-"""
+"""Reading a topic back, for the producer tests (the broker and topic fixtures
+are the session fixtures of ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
-from s3transfer_stream.kafka import create_topic, delete_topic
 
 BOOTSTRAP_ENV = "LOCAL_KAFKA_BROKER_BOOTSTRAP_SERVERS"
-
-
-@pytest.fixture(scope="session")
-def kafka_bootstrap() -> str:
-    bootstrap = os.environ.get(BOOTSTRAP_ENV, "").strip()
-    if not bootstrap:
-        pytest.skip(f"${BOOTSTRAP_ENV} is not set (source services/env.sh and start the broker)")
-    try:
-        AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=5)
-    except KafkaException as exc:
-        pytest.skip(f"the Kafka broker at {bootstrap} does not answer: {exc}")
-    return bootstrap
-
-
-@pytest.fixture
-def new_topic(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
-    made: list[str] = []
-
-    def make(partitions: int = 1, prefix: str = "t") -> str:
-        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
-        create_topic(kafka_bootstrap, name, partitions)
-        made.append(name)
-        return name
-
-    yield make
-    if made:
-        try:
-            delete_topic(kafka_bootstrap, made)
-        except Exception:  # cleanup only
-            pass
 
 
 @dataclass(frozen=True)

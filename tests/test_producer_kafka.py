@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka_fixtures import Record, kafka_bootstrap, new_topic, read_topic
+from kafka_fixtures import Record, read_topic
 from s3transfer_stream import _core
 from s3transfer_stream.cli import upload_file
 from s3transfer_stream.kafka import file_partition, make_producer
@@ -25,8 +25,6 @@ from s3transfer_stream.registry import (
     UploadInProgressRow,
     read_table,
 )
-
-__all__ = ["kafka_bootstrap", "new_topic"]  # fixtures used by name
 
 pytestmark = pytest.mark.integration
 

@@ -141,13 +141,13 @@ class Watermarks:
                 self._held[instance] = pins
 
     def forget(self, partitions: Iterable[int]) -> None:
+        """The partitions were revoked. Pins stay: an upload still running, or one that
+        failed, must keep holding the commit back if the partition comes back to this
+        process (to another of its threads, typically), until it is done or the run ends."""
         with self._lock:
             for p in partitions:
                 self._next.pop(p, None)
                 self._done.pop(p, None)
-                for table in (self._pins, self._held):
-                    for key in [k for k, pins in table.items() if any(pp == p for pp, _ in pins)]:
-                        table[key] = [(pp, o) for pp, o in table[key] if pp != p]
 
     def next_offsets(self) -> dict[int, int]:
         with self._lock:

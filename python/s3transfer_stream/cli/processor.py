@@ -4,7 +4,6 @@ reassembled, validated file in an S3 bucket under ``<topic>/<subdir>/<file>``.""
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import uuid
 from pathlib import Path
@@ -16,9 +15,20 @@ from ..config import load_config
 from ..console import Console
 from ..errors import ConfigError, S3TransferStreamError, TransferError
 from ..kafka import partition_count
-from ..logs import parse_level, setup_logging
 from ..pipeline import MiB, ProcessorOptions, S3TransferStreamProcessor
 from ..s3 import VALIDATE_CHOICES, ObjectStore, check_bucket, make_client
+from .common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    ArgumentParser,
+    add_config_arg,
+    add_logger_args,
+    fail,
+    non_negative_float,
+    positive_int,
+    regex,
+    setup_program_logging,
+)
 
 PROGRAM = "S3TransferStreamProcessor"
 DEFAULT_OUTPUT_DIR = f"./{PROGRAM}_output"
@@ -35,54 +45,19 @@ def bucket_name(value: str) -> str:
     return value
 
 
-def positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"{value!r} must be a positive integer")
-    return n
-
-
-def regex(value: str) -> re.Pattern[str]:
-    try:
-        return re.compile(value)
-    except re.error as err:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not a valid regular expression: {err}"
-        ) from None
-
-
-def level(value: str) -> int:
-    try:
-        return parse_level(value)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROGRAM,
-        description=(
-            "Consume OpenMSIStream file chunks from a Kafka topic, reassemble and verify each "
-            "file (chunk and whole-file SHA-512), and upload it to s3://<bucket>/<topic>/<subdir>/<file>. "
-            "Offsets are committed only once every file they cover is validated in the bucket, so "
-            "stopping or crashing never loses a file. Type 'check' (c) for status and 'quit' (q) to stop; "
-            "SIGINT and SIGTERM also stop cleanly."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = ArgumentParser(
+        PROGRAM,
+        "Consume OpenMSIStream file chunks from a Kafka topic, reassemble and verify each file\n"
+        "(chunk and whole-file SHA-512), and upload it to s3://<bucket>/<topic>/<subdir>/<file>.\n"
+        "Offsets are committed only once every file they cover is validated in the bucket, so\n"
+        "stopping or crashing never loses a file. While running, type 'check' (c) for status and\n"
+        "'quit' (q) to stop; SIGINT and SIGTERM also stop cleanly.",
     )
     p.add_argument(
         "bucket_name", type=bucket_name, help="name of the S3 bucket to upload files into"
     )
-    p.add_argument(
-        "--config",
-        default="local",
-        help="config file path, or name of a packaged config ('local' reads the broker and S3 "
-        "settings from LOCAL_KAFKA_BROKER_BOOTSTRAP_SERVERS, ACCESS_KEY_ID, SECRET_KEY_ID, "
-        "ENDPOINT_URL and REGION); needs [broker], [consumer] and [s3] sections",
-    )
+    add_config_arg(p)
     p.add_argument("--topic_name", default="test", help="topic to consume file chunks from")
     p.add_argument(
         "--consumer_topic_name",
@@ -156,22 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--stall_report_seconds",
-        type=float,
+        type=non_negative_float,
         default=30.0,
         help="report (once, as a warning and with registry status waiting_for_chunks) a file that "
         "got no chunk for this long although every partition this process owns is read to its end",
     )
-    p.add_argument("--logger_stream_level", type=level, default="info", help="log level on stderr")
-    p.add_argument(
-        "--logger_file_level", type=level, default="warning", help="log level of the log file"
-    )
-    p.add_argument(
-        "--logger_file_path",
-        type=Path,
-        default=None,
-        help="directory for the log file (a path with a suffix means its parent directory); "
-        "default: <output_dir>/LOGS",
-    )
+    add_logger_args(p, "Default: <output_dir>/LOGS.")
     for name in (
         "--heartbeat_topic_name",
         "--heartbeat_program_id",
@@ -247,16 +212,9 @@ def main(argv: list[str] | None = None, *, stdin: TextIO | None = None) -> int:
     try:
         options = options_from_args(args)
     except ConfigError as err:
-        print(f"{PROGRAM}: error: {err}", file=sys.stderr)
-        return 2
+        return fail(None, f"{PROGRAM}: {err}", EXIT_USAGE)
     options.output_dir.mkdir(parents=True, exist_ok=True)
-    logs_dir = options.output_dir / "LOGS"
-    if args.logger_file_path is not None:
-        lp: Path = args.logger_file_path
-        logs_dir = lp.parent if lp.suffix else lp
-    log = setup_logging(
-        PROGRAM, logs_dir, stream_level=args.logger_stream_level, file_level=args.logger_file_level
-    )
+    log = setup_program_logging(PROGRAM, args, options.output_dir / "LOGS")
     if args.mode != "memory":
         log.info(
             f"--mode {args.mode}: files stream to S3 in bounded memory; nothing is written to disk"
@@ -273,11 +231,9 @@ def main(argv: list[str] | None = None, *, stdin: TextIO | None = None) -> int:
         admin = AdminClient(dict(config.broker))
         partition_count(admin, options.topic, bootstrap=config.broker.get("bootstrap.servers"))
     except ConfigError as err:
-        log.error(str(err))
-        return 2
+        return fail(log, str(err), EXIT_USAGE)
     except (TransferError, S3TransferStreamError) as err:
-        log.error(str(err))
-        return 1
+        return fail(log, str(err), EXIT_FAILED)
     store = ObjectStore(client, options.bucket, validate=options.validate)
     processor = S3TransferStreamProcessor(config, options, store)
     console = Console(processor.on_check, alive_seconds=args.update_seconds, stdin=stdin)
@@ -294,7 +250,7 @@ def main(argv: list[str] | None = None, *, stdin: TextIO | None = None) -> int:
     finally:
         processor.shutdown()
         console.restore_signals()
-    return 1 if processor._thread_errors else 0
+    return EXIT_FAILED if processor._thread_errors else 0
 
 
 if __name__ == "__main__":
