@@ -17,9 +17,11 @@ def test_runs_merge_and_prune() -> None:
 
 def test_metadata_round_trip_and_limit() -> None:
     r = OffsetRuns([(105, 107), (110, 111), (200, 260)])
-    text = r.encode(100)
-    assert text == f"{METADATA_PREFIX}5+2,3+1,89+60"
-    assert OffsetRuns.decode(text, 100).runs() == r.runs()
+    text = r.encode(100, "TOPICID")
+    assert text == f"{METADATA_PREFIX}TOPICID:5+2,3+1,89+60"
+    assert OffsetRuns.decode(text, 100, "TOPICID").runs() == r.runs()
+    # A topic deleted and created again under the same name has another id.
+    assert OffsetRuns.decode(text, 100, "OTHERID").runs() == []
     many = OffsetRuns((i * 10, i * 10 + 1) for i in range(10_000))
     encoded = many.encode(0, limit=200)
     assert len(encoded) <= 200
@@ -48,7 +50,7 @@ def test_watermark_is_the_lowest_offset_still_needed() -> None:
     w.pin(1, [(0, 2)])
     w.pin(2, [(0, 6)])
     w.done(2, [(0, [(6, 8)])])
-    assert w.commit_positions({0}, {}) == {0: (2, f"{METADATA_PREFIX}4+2")}
+    assert w.commit_positions({0}, {}) == {0: (2, f"{METADATA_PREFIX}:4+2")}
     w.done(1, [(0, [(2, 6)])])
     assert w.commit_positions({0}, {}) == {0: (10, "")}
 

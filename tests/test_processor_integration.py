@@ -338,3 +338,42 @@ def test_file_produced_twice_is_listed_twice_and_restart_adds_nothing(
     assert "Transferred" not in run2.stderr()
     _, processed = registry_tables(out, topic, group)
     assert len(processed) == 2
+
+
+def test_recreated_topic_does_not_inherit_what_the_old_one_had_done(
+    tmp_path: Path, new_bucket: Any, s3_client: Any, kafka_bootstrap: str
+) -> None:
+    """Same group and output dir, topic deleted and created again: the journal's offsets
+    belong to the old topic and must not make the processor skip the new messages."""
+    from s3transfer_stream.kafka import create_topic, delete_topic
+
+    topic = f"recreated-{uuid.uuid4().hex[:8]}"
+    bucket = new_bucket()
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    out = tmp_path / "out"
+    src = tmp_path / "src"
+    write_tree(src, {"a.dat": b"first topic", "b.dat": b"second topic"})
+    create_topic(kafka_bootstrap, topic, 1)
+    try:
+        produce_tree(kafka_bootstrap, topic, src, ["a.dat"], partitions=1)
+        run = ProcessorRun(bucket, topic, group, out, tag="1")
+        run.wait_for(lambda: f"{topic}/a.dat" in list_objects(s3_client, bucket), 60, "a.dat")
+        run.wait_for(lambda: "Transferred a.dat" in run.stderr(), 30, "the transfer line")
+        assert run.quit() == 0
+        delete_topic(kafka_bootstrap, topic)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                create_topic(kafka_bootstrap, topic, 1)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+        produce_tree(kafka_bootstrap, topic, src, ["b.dat"], partitions=1)  # offset 0 again
+        run2 = ProcessorRun(bucket, topic, group, out, tag="2")
+        run2.wait_for(lambda: f"{topic}/b.dat" in list_objects(s3_client, bucket), 60, "b.dat")
+        assert run2.quit() == 0
+        assert read_object(s3_client, bucket, f"{topic}/b.dat") == b"second topic"
+    finally:
+        delete_topic(kafka_bootstrap, topic)

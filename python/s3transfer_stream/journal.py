@@ -44,6 +44,8 @@ class JournalEntry:
     first_message: datetime
     processed_at: datetime
     offsets: Runs
+    #: Kafka's id of the topic incarnation the offsets refer to ("" if unknown).
+    topic_id: str = ""
 
     def to_json(self) -> str:
         return json.dumps(
@@ -56,6 +58,7 @@ class JournalEntry:
                 "first_message": self.first_message.isoformat(),
                 "processed_at": self.processed_at.isoformat(),
                 "offsets": self.offsets,
+                "topic_id": self.topic_id,
             },
             ensure_ascii=False,
             separators=(",", ":"),
@@ -73,6 +76,7 @@ class JournalEntry:
             first_message=datetime.fromisoformat(d["first_message"]),
             processed_at=datetime.fromisoformat(d["processed_at"]),
             offsets=[(int(p), [(int(a), int(b)) for a, b in runs]) for p, runs in d["offsets"]],
+            topic_id=str(d.get("topic_id", "")),
         )
 
 

@@ -66,10 +66,13 @@ class OffsetRuns:
             kept.append((max(lo, offset), hi))
         self._runs = kept
 
-    def encode(self, base: int, limit: int = METADATA_LIMIT) -> str:
-        """``s3ts1:<gap>+<len>,...`` with gaps counted from ``base`` then from each run's end."""
+    def encode(self, base: int, topic_id: str = "", limit: int = METADATA_LIMIT) -> str:
+        """``s3ts1:<topic id>:<gap>+<len>,...`` with gaps counted from ``base`` then from
+        each run's end. The topic id keeps a re-created topic of the same name from
+        inheriting the runs."""
+        head = f"{METADATA_PREFIX}{topic_id}:"
         parts: list[str] = []
-        size = len(METADATA_PREFIX)
+        size = len(head)
         at = base
         for lo, hi in self._runs:
             if hi <= base:
@@ -81,17 +84,19 @@ class OffsetRuns:
             parts.append(piece)
             size += len(piece) + 1
             at = hi
-        return METADATA_PREFIX + ",".join(parts) if parts else ""
+        return head + ",".join(parts) if parts else ""
 
     @classmethod
-    def decode(cls, text: str | None, base: int) -> OffsetRuns:
-        """The runs encoded by :meth:`encode`; anything else (other tools' metadata) is empty."""
+    def decode(cls, text: str | None, base: int, topic_id: str = "") -> OffsetRuns:
+        """The runs encoded by :meth:`encode` for this topic id; anything else (other
+        tools' metadata, another incarnation of the topic) is empty."""
         out = cls()
-        if not text or not text.startswith(METADATA_PREFIX) or base < 0:
+        head = f"{METADATA_PREFIX}{topic_id}:"
+        if not text or not text.startswith(head) or base < 0:
             return out
         at = base
         try:
-            for piece in text[len(METADATA_PREFIX) :].split(","):
+            for piece in text[len(head) :].split(","):
                 gap, length = piece.split("+")
                 lo = at + int(gap)
                 hi = lo + int(length)
@@ -107,7 +112,8 @@ class OffsetRuns:
 class Watermarks:
     """Tracks, per partition, what was read, what is pinned and what is done."""
 
-    def __init__(self) -> None:
+    def __init__(self, topic_id: str = "") -> None:
+        self.topic_id = topic_id
         self._lock = threading.Lock()
         self._next: dict[int, int] = {}
         self._pins: dict[int, list[tuple[int, int]]] = {}
@@ -178,6 +184,6 @@ class Watermarks:
                 meta = ""
                 if done is not None:
                     done.prune_below(pos)
-                    meta = done.encode(pos)
+                    meta = done.encode(pos, self.topic_id)
                 out[p] = (pos, meta)
             return out

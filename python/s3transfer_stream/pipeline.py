@@ -27,7 +27,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from . import _core, failpoints
 from .config import TransferConfig
@@ -104,10 +105,9 @@ class Stats:
 class FileUpload:
     """Upload state of one file instance (as numbered by the assembler)."""
 
-    info: Any  # _core.FileInfo
+    info: _core.FileInfo
     key: str
     first_message: datetime
-    lock: threading.Lock = field(default_factory=threading.Lock)
     upload_id: str | None = None
     parts: list[Future[dict[str, Any]]] = field(default_factory=list)
     error: str | None = None
@@ -158,6 +158,7 @@ class S3TransferStreamProcessor:
         for w in self.config.warnings():
             self.log.warning(w)
         self.registry.start()
+        self.watermarks.topic_id = self._topic_id()
         self._recover()
         rerun = self.registry.rerun_paths()
         if rerun:
@@ -172,6 +173,20 @@ class S3TransferStreamProcessor:
             f"Listening to the {o.topic} topic for files to add to the {o.bucket} bucket...."
         )
 
+    def _topic_id(self) -> str:
+        """Kafka's id of the topic, which tells a re-created topic from the old one."""
+        topic = self.options.topic
+        try:
+            admin = AdminClient(dict(self.config.broker))
+            return str(
+                admin.describe_topics(TopicCollection([topic]))[topic].result(timeout=30).topic_id
+            )
+        except Exception as err:  # an old broker, or no describe permission
+            self.log.warning(
+                f"Could not read the id of topic {topic} ({err}); files done before a restart may be transferred again"
+            )
+            return ""
+
     def _recover(self) -> None:
         """Makes the registry, the skip list and the bucket agree with the journal
         after an earlier run of this group stopped, cleanly or not."""
@@ -180,9 +195,11 @@ class S3TransferStreamProcessor:
             for r in self.registry.processed_rows()
         }
         restored = 0
+        topic_id = self.watermarks.topic_id
         for e in self.journal.entries:
-            for partition, runs in e.offsets:
-                self.assembler.skip_offsets(partition, runs)
+            if topic_id and e.topic_id == topic_id:
+                for partition, runs in e.offsets:
+                    self.assembler.skip_offsets(partition, runs)
             self.registry.discard_in_progress(e.rel_path, started_by=e.processed_at)
             if (e.rel_path, e.processed_at.replace(microsecond=0)) not in have:
                 self.registry.register_processed(
@@ -422,7 +439,7 @@ class S3TransferStreamProcessor:
                     f"Partition {tp.partition} of {topic}: no committed offset, starting from auto.offset.reset"
                 )
                 continue
-            runs = OffsetRuns.decode(tp.metadata, tp.offset)
+            runs = OffsetRuns.decode(tp.metadata, tp.offset, self.watermarks.topic_id)
             if runs.runs():
                 self.assembler.skip_offsets(tp.partition, runs.runs())
             self.log.info(
@@ -652,6 +669,7 @@ class S3TransferStreamProcessor:
             first_message=fu.first_message,
             processed_at=datetime.now().replace(microsecond=0),
             offsets=fu.offsets,
+            topic_id=self.watermarks.topic_id,
         )
         self.journal.append(entry)
         self.registry.register_processed(
@@ -710,19 +728,9 @@ class S3TransferStreamProcessor:
         )
 
 
-def run_processor(
-    config: TransferConfig, options: ProcessorOptions, store: ObjectStore
-) -> S3TransferStreamProcessor:
-    """Builds and starts a processor (the caller stops it with ``shutdown``)."""
-    p = S3TransferStreamProcessor(config, options, store)
-    p.start()
-    return p
-
-
 __all__ = [
     "ProcessorOptions",
     "S3TransferStreamProcessor",
     "Stats",
     "TransferError",
-    "run_processor",
 ]
