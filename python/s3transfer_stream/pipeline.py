@@ -528,9 +528,11 @@ class S3TransferStreamProcessor:
         owned.difference_update(revoked)
         for p in revoked:
             committed.pop(p, None)
-        self.log.info(
-            f"Partitions {sorted(revoked)} of {self.options.topic} were revoked; their files continue elsewhere"
-        )
+        if not self.stop.is_set():
+            self.log.info(
+                f"Partitions {sorted(revoked)} of {self.options.topic} were reassigned; their next "
+                "owner goes on from the committed offsets"
+            )
 
     def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
         if err is not None:
