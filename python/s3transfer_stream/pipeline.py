@@ -108,6 +108,8 @@ class FileUpload:
     info: _core.FileInfo
     key: str
     first_message: datetime
+    # Parts of a file spread over partitions can arrive on two consumer threads at once.
+    lock: threading.Lock = field(default_factory=threading.Lock)
     upload_id: str | None = None
     parts: list[Future[dict[str, Any]]] = field(default_factory=list)
     error: str | None = None
@@ -576,11 +578,13 @@ class S3TransferStreamProcessor:
         fu = self._get_upload(ev.file)
         if fu.ignored or fu.error:
             return
-        if fu.upload_id is None:
-            try:
-                fu.upload_id = self.store.start_multipart(fu.key)
-            except Exception as err:
-                fu.error = f"starting the multipart upload failed: {describe_client_error(err)}"
+        with fu.lock:
+            if fu.upload_id is None and fu.error is None:
+                try:
+                    fu.upload_id = self.store.start_multipart(fu.key)
+                except Exception as err:
+                    fu.error = f"starting the multipart upload failed: {describe_client_error(err)}"
+            if fu.error:
                 return
         self._in_flight.acquire()
         try:
@@ -590,7 +594,8 @@ class S3TransferStreamProcessor:
         except BaseException:
             self._in_flight.release()
             raise
-        fu.parts.append(fut)
+        with fu.lock:
+            fu.parts.append(fut)
 
     def _upload_part(self, fu: FileUpload, number: int, data: Any, crc: int) -> dict[str, Any]:
         try:
