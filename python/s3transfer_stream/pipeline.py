@@ -619,7 +619,7 @@ class S3TransferStreamProcessor:
             self._in_flight.acquire()
             self._part_pool.submit(self._finish_single, fu, ev.data, ev.size, ev.crc64nvme)
         else:
-            self._finish_pool.submit(self._finish_multipart, fu, ev.size, ev.crc64nvme)
+            self._finish_pool.submit(self._finish_multipart, fu, ev.size, ev.crc64nvme, ev.parts)
 
     def _finish_single(self, fu: FileUpload, data: Any, size: int, crc: int) -> None:
         try:
@@ -632,8 +632,17 @@ class S3TransferStreamProcessor:
         except Exception as err:
             self._upload_failed(fu, f"PUT failed: {describe_client_error(err)}")
 
-    def _finish_multipart(self, fu: FileUpload, size: int, crc: int) -> None:
+    def _finish_multipart(self, fu: FileUpload, size: int, crc: int, n_parts: int) -> None:
         try:
+            # Another consumer thread may still be handing over the file's last part.
+            deadline = time.monotonic() + 60
+            while len(fu.parts) < n_parts and not fu.error and time.monotonic() < deadline:
+                time.sleep(0.005)
+            with fu.lock:
+                if len(fu.parts) < n_parts and not fu.error:
+                    fu.error = (
+                        f"only {len(fu.parts)} of its {n_parts} parts were handed over for upload"
+                    )
             wait(fu.parts)
             errors = [f.exception() for f in fu.parts if f.exception() is not None]
             if fu.error or errors:
