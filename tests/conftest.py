@@ -41,6 +41,19 @@ def _service_env() -> dict[str, str]:
     return {k: v for k, v in pairs if k in ENV_NAMES}
 
 
+@pytest.fixture(autouse=True)
+def _no_processor_left_behind() -> Iterator[None]:
+    """Kills processor subprocesses a failing test did not get to stop."""
+    yield
+    from helpers import RUNNING
+
+    while RUNNING:
+        run = RUNNING.pop()
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.wait(30)
+
+
 @pytest.fixture(scope="session")
 def services() -> dict[str, str]:
     if os.environ.get("S3TS_NO_SERVICES") == "1":

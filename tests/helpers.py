@@ -87,6 +87,10 @@ def rand_bytes(rng: random.Random, n: int) -> bytes:
     return rng.randbytes(n)
 
 
+#: Every ProcessorRun started, so a failing test leaves no processor behind.
+RUNNING: list[ProcessorRun] = []
+
+
 class ProcessorRun:
     """The S3TransferStreamProcessor CLI in a subprocess, driven through stdin."""
 
@@ -125,6 +129,7 @@ class ProcessorRun:
             text=True,
             env=os.environ.copy() if env is None else env,
         )
+        RUNNING.append(self)
 
     def command(self, word: str) -> None:
         assert self.proc.stdin is not None
