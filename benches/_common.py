@@ -177,13 +177,6 @@ def package_versions() -> dict[str, str]:
         with contextlib.suppress(Exception):
             out[name] = version(name)
     with contextlib.suppress(Exception):
-        out["git_commit"] = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    with contextlib.suppress(Exception):
         code = (
             "from importlib.metadata import version as v; import json; "
             "print(json.dumps({n: v(n) for n in ('openmsistream', 'confluent-kafka', 'boto3', 'msgpack')}))"

@@ -5,7 +5,9 @@ One run of this script:
 1. makes a data set (default 16 files x 32 MiB of random bytes + 200 small files of
    1-64 KiB, in subdirectories; ``--scale`` multiplies both file counts);
 2. produces it ONCE, with our producer (``producer.send_file``, file-affine partitions,
-   512 KiB chunks), to a fresh topic with 3 partitions;
+   512 KiB chunks), to a fresh topic with 3 partitions; then, for scale, reads the whole
+   topic with one plain consumer and PUTs every file with boto3 from 8 threads
+   (``--no_baselines`` skips this);
 3. runs each processor on that topic, one after the other, each with its own fresh
    consumer group, its own fresh bucket and ``--n_threads 2``; the order alternates over
    ``--repeat`` runs. Each time it measures the wall time from process start until every
@@ -17,7 +19,11 @@ One run of this script:
 5. prints a table and the ratios and writes the results to
    ``benches/results/e2e-<date>.json``.
 
-Run:  .venv/bin/python benches/e2e.py [--scale 0.25] [--repeat 2] [--only ours|theirs]
+With ``--also_tuned`` our processor runs a third time per round with the consumer settings
+that ``rss_big_file.py --sweep`` found best (see BENCHMARKS.md); it is not part of the
+ours-vs-theirs ratios.
+
+Run:  .venv/bin/python benches/e2e.py [--scale 0.25] [--repeat 2] [--only ours|theirs] [--also_tuned]
 The local services must be running (``bash services/all.sh start``).
 """
 

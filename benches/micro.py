@@ -247,7 +247,7 @@ def compare(
             "all_s": [round(t, 4) for t in ts],
         }
     ours_mbps = res["results"]["ours"]["MBps"]
-    res["ratios"] = {f"ours / {k}": round(ours_mbps / res["results"][k]["MBps"], 1) for k in python}
+    res["ratios"] = {f"ours / {k}": round(ours_mbps / res["results"][k]["MBps"], 2) for k in python}
     log(
         f"{name}: ours {ours_mbps} MB/s; "
         + "; ".join(f"{k} {res['results'][k]['MBps']} MB/s" for k in python)
