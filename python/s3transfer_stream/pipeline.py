@@ -50,12 +50,12 @@ class ProcessorOptions:
     output_dir: Path
     n_threads: int = 2
     part_size: int = 8 * MiB
-    max_parts_in_flight: int = 8
+    max_parts_in_flight: int = 4
     max_buffered: int = 1024 * MiB
     validate: str = "checksum"
     download_regex: re.Pattern[str] | None = None
     commit_interval: float = 2.0
-    batch_size: int = 64
+    batch_size: int = 16
     poll_timeout: float = 0.5
     shutdown_timeout: float = 120.0
     #: A file that gets no chunk for this long while every owned partition is read
@@ -310,7 +310,12 @@ class S3TransferStreamProcessor:
         settings["enable.auto.commit"] = "false"
         settings["enable.auto.offset.store"] = "false"
         settings.setdefault("auto.offset.reset", "earliest")
-        settings.setdefault("queued.max.messages.kbytes", "32768")
+        # Measured with benches/rss_big_file.py --sweep (BENCHMARKS.md): librdkafka's
+        # default 1 s back-off once its prefetch queue is full idles the consumer for
+        # most of a second at a time with 512 KiB messages (about 3x slower); a 16 MiB
+        # queue per consumer bounds what is prefetched.
+        settings.setdefault("fetch.queue.backoff.ms", "10")
+        settings.setdefault("queued.max.messages.kbytes", "16384")
         # A crashed member's partitions move on after this; librdkafka's 45 s is long.
         settings.setdefault("session.timeout.ms", "10000")
         settings["on_commit"] = self._on_commit
@@ -342,6 +347,8 @@ class S3TransferStreamProcessor:
                 if good:
                     self._handle_batch(good)
                     failpoints.hit("batch")
+                # Let the batch's message buffers go before the next poll.
+                msgs = good = []
                 # Committing after every batch keeps what a crash makes us re-read
                 # to the files in flight; the commit itself is asynchronous.
                 if good or time.monotonic() - last_commit >= o.commit_interval:

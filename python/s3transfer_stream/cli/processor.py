@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max_parts_in_flight",
         type=positive_int,
-        default=8,
+        default=4,
         help="parts being uploaded at once; with the part size this bounds the memory used for uploads",
     )
     p.add_argument(
