@@ -244,9 +244,10 @@ class TransferConfig:
                 shown = "missing" if auto_commit is None else f"set to {auto_commit!r}"
                 found.append(
                     f"enable.auto.commit is not False in [consumer] of {self.path}: it is "
-                    f"{shown}. s3transfer-stream commits offsets itself once files are safely "
-                    "in the bucket; auto-commit may commit the offsets of files not yet "
-                    "stored, so a crash could lose them. Set enable.auto.commit = False."
+                    f"{shown}. The processor turns auto-commit off and commits offsets itself "
+                    "once files are safely in the bucket (auto-commit could commit the offsets "
+                    "of files not yet stored, and a crash would lose them). Set "
+                    "enable.auto.commit = False to make the file say what happens."
                 )
         if "kafkacrypto" in self.sections:
             found.append(
