@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from s3transfer_stream.config import PACKAGED_CONFIG_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHES = REPO / "benches"
@@ -40,33 +41,11 @@ RESULTS = BENCHES / "results"
 VENV_BIN = REPO / ".venv" / "bin"
 MiB = 1 << 20
 
-OMS_CONFIG = """\
-# Written by s3transfer-stream's benches: the same settings as OpenMSIStream's packaged
-# local_broker_test_s3_transfer.config. Both processors read this very file.
-[broker]
-bootstrap.servers = $LOCAL_KAFKA_BROKER_BOOTSTRAP_SERVERS
-
-[s3]
-access_key_id = $ACCESS_KEY_ID
-secret_key_id = $SECRET_KEY_ID
-endpoint_url = $ENDPOINT_URL
-region = $REGION
-
-[producer]
-batch.size       = 2000000
-linger.ms        = 100
-compression.type = lz4
-key.serializer   = StringSerializer
-value.serializer = DataFileChunkSerializer
-
-[consumer]
-group.id           = create_new
-auto.offset.reset  = earliest
-enable.auto.commit = False
-fetch.min.bytes    = 100000
-key.deserializer   = StringDeserializer
-value.deserializer = DataFileChunkDeserializer
-"""
+# OpenMSIStream's own local_broker_test_s3_transfer.config settings; the packaged copy
+# of that file serves both programs.
+OMS_CONFIG = (PACKAGED_CONFIG_DIR / "local_broker_test_s3_transfer.config").read_text(
+    encoding="utf-8"
+)
 
 SERVICE_VARS = (
     "LOCAL_KAFKA_BROKER_BOOTSTRAP_SERVERS",

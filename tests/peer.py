@@ -17,37 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
+from s3transfer_stream.config import PACKAGED_CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_SCRIPT = ROOT / "services" / "openmsistream-peer.sh"
 OUR_BIN = ROOT / ".venv" / "bin"
 
-# The same settings as OpenMSIStream's packaged local_broker_test_s3_transfer.config.
-PEER_CONFIG = """\
-[broker]
-bootstrap.servers = $LOCAL_KAFKA_BROKER_BOOTSTRAP_SERVERS
-
-[producer]
-batch.size = 2000000
-linger.ms = 100
-compression.type = lz4
-key.serializer = StringSerializer
-value.serializer = DataFileChunkSerializer
-
-[consumer]
-group.id = create_new
-auto.offset.reset = earliest
-enable.auto.commit = False
-fetch.min.bytes = 100000
-key.deserializer = StringDeserializer
-value.deserializer = DataFileChunkDeserializer
-
-[s3]
-access_key_id = $ACCESS_KEY_ID
-secret_key_id = $SECRET_KEY_ID
-endpoint_url = $ENDPOINT_URL
-region = $REGION
-"""
+# OpenMSIStream's own local_broker_test_s3_transfer.config settings; the packaged copy
+# of that file serves both programs.
+PEER_CONFIG = (PACKAGED_CONFIG_DIR / "local_broker_test_s3_transfer.config").read_text(
+    encoding="utf-8"
+)
 
 
 def install_peer() -> Path:
