@@ -22,6 +22,9 @@ pub struct FilePlan {
     pub chunk_size: u64,
     pub file_hash: [u8; 64],
     pub chunk_hashes: Vec<[u8; 64]>,
+    /// CRC64NVME of each chunk: re-reading a chunk checks it against this, which
+    /// is far cheaper than hashing the chunk with SHA-512 a second time.
+    chunk_crcs: Vec<u64>,
     /// `st_mtime` as Python computes it (seconds + nanoseconds * 1e-9), 0.0 if unknown.
     pub mtime: f64,
 }
@@ -70,6 +73,8 @@ impl FilePlan {
         let mut buf = vec![0u8; chunk_size.min(8 << 20) as usize];
         let mut size = 0u64;
         let mut chunk_hash = Sha512::new();
+        let mut chunk_crcs = Vec::new();
+        let mut chunk_crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme);
         let mut in_chunk = 0u64;
         loop {
             let want = (chunk_size - in_chunk).min(buf.len() as u64) as usize;
@@ -79,16 +84,19 @@ impl FilePlan {
             }
             file_hash.update(&buf[..n]);
             chunk_hash.update(&buf[..n]);
+            chunk_crc.update(&buf[..n]);
             size += n as u64;
             in_chunk += n as u64;
             if in_chunk == chunk_size {
                 chunk_hashes.push(chunk_hash.finalize_reset().into());
+                chunk_crcs.push(chunk_crc.finalize_reset());
                 in_chunk = 0;
             }
         }
         // An empty file still travels as one empty chunk so it is reconstructed.
         if in_chunk > 0 || size == 0 {
             chunk_hashes.push(chunk_hash.finalize().into());
+            chunk_crcs.push(chunk_crc.finalize());
         }
         Ok(Self {
             path: path.to_owned(),
@@ -96,6 +104,7 @@ impl FilePlan {
             chunk_size,
             file_hash: file_hash.finalize().into(),
             chunk_hashes,
+            chunk_crcs,
             mtime,
         })
     }
@@ -133,7 +142,7 @@ impl FilePlan {
             }
         }
         let chunk_hash = &self.chunk_hashes[(chunk_i - 1) as usize];
-        if Sha512::digest(&data).as_slice() != chunk_hash {
+        if crate::checksum::crc64nvme(&data) != self.chunk_crcs[(chunk_i - 1) as usize] {
             return Err(ChunkerError::Changed { path: self.path.clone(), chunk_i });
         }
         let chunk = Chunk {
