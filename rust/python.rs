@@ -458,10 +458,6 @@ impl Assembler {
         self.inner.skip_offsets(partition, &ranges);
     }
 
-    fn clear_skips(&self, partitions: Vec<i32>) {
-        self.inner.clear_skips(&partitions);
-    }
-
     /// Per partition, the lowest offset still needed by an unfinished file.
     fn pinned_offsets<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);

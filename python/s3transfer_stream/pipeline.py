@@ -422,6 +422,12 @@ class S3TransferStreamProcessor:
         events, n_stored = self.assembler.add_messages(msgs)
         for m in msgs:
             self.watermarks.consumed(m.partition(), m.offset())
+        if self.log.isEnabledFor(logging.DEBUG):
+            read = {m.partition(): m.offset() + 1 for m in msgs}
+            self.log.debug(
+                f"Read {self.options.topic} up to "
+                + ", ".join(f"{p}@{o}" for p, o in sorted(read.items()))
+            )
         self.stats.add(
             messages_read=len(msgs),
             messages_processed=n_stored,
@@ -532,7 +538,8 @@ class S3TransferStreamProcessor:
             fu = self._pop_upload(info.instance)
             if fu is not None and fu.upload_id:
                 self._finish_pool.submit(self.store.abort_multipart, fu.key, fu.upload_id)
-        self.assembler.clear_skips(revoked)
+        # Skip lists stay: the offsets they name belong to files already done, whoever
+        # reads the partition next (another of our threads, typically, at start-up).
         self.watermarks.forget(revoked)
         owned.difference_update(revoked)
         for p in revoked:
