@@ -539,6 +539,14 @@ impl Assembler {
         }
     }
 
+    /// If `offset` of `partition` starts or lies in a skipped range, where that range ends.
+    pub fn skip_end(&self, partition: i32, offset: i64) -> Option<i64> {
+        if offset < 0 {
+            return None;
+        }
+        lock(&self.skip).get(&partition)?.end_of_run(offset as u64).map(|e| e as i64)
+    }
+
     /// Forgets the skip ranges of `partitions` (they were revoked).
     pub fn clear_skips(&self, partitions: &[i32]) {
         let mut skip = lock(&self.skip);
@@ -1128,6 +1136,8 @@ mod tests {
             _ => None,
         });
         assert_eq!(runs, Some((vec![(0, vec![(10, 13), (14, 15)])], vec![(0, 10)])));
+        assert_eq!(asm.skip_end(0, 1), Some(2));
+        assert_eq!(asm.skip_end(0, 2), None);
         asm.clear_skips(&[0]);
         let d = asm.add(Position { partition: 0, offset: 1 }, b"not even msgpack", &mut ev);
         assert_eq!(d, Disposition::Rejected);

@@ -458,6 +458,11 @@ impl Assembler {
         self.inner.skip_offsets(partition, &ranges);
     }
 
+    /// Where the skipped range holding `offset` ends, if `offset` is in one.
+    fn skip_end(&self, partition: i32, offset: i64) -> Option<i64> {
+        self.inner.skip_end(partition, offset)
+    }
+
     /// Per partition, the lowest offset still needed by an unfinished file.
     fn pinned_offsets<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);

@@ -240,6 +240,8 @@ class Assembler:
     def drop_partitions(self, partitions: Sequence[int]) -> list[FileInfo]: ...
     def skip_offsets(self, partition: int, ranges: Sequence[tuple[int, int]]) -> None:
         """Marks half-open offset ranges as already accounted for: skipped undecoded."""
+    def skip_end(self, partition: int, offset: int) -> int | None:
+        """Where the skipped range holding ``offset`` ends, if ``offset`` is in one."""
     def in_progress(self) -> list[tuple[FileInfo, int, int, list[int]]]:
         """``(file, chunks received, bytes buffered, partitions its chunks came from)``
         for every unfinished file."""

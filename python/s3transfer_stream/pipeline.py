@@ -346,6 +346,7 @@ class S3TransferStreamProcessor:
                         self.log.error(f"Kafka error while consuming {o.topic}: {err}")
                 if good:
                     self._handle_batch(good)
+                    self._seek_past_done(consumer, good)
                     failpoints.hit("batch")
                 # Let the batch's message buffers go before the next poll.
                 msgs = good = []
@@ -423,10 +424,13 @@ class S3TransferStreamProcessor:
         for m in msgs:
             self.watermarks.consumed(m.partition(), m.offset())
         if self.log.isEnabledFor(logging.DEBUG):
-            read = {m.partition(): m.offset() + 1 for m in msgs}
+            spans: dict[int, tuple[int, int, int]] = {}
+            for m in msgs:
+                lo, hi, n = spans.get(m.partition(), (m.offset(), m.offset(), 0))
+                spans[m.partition()] = (min(lo, m.offset()), max(hi, m.offset()), n + 1)
             self.log.debug(
-                f"Read {self.options.topic} up to "
-                + ", ".join(f"{p}@{o}" for p, o in sorted(read.items()))
+                f"Read {self.options.topic}: "
+                + ", ".join(f"{p}@{lo}-{hi}({n})" for p, (lo, hi, n) in sorted(spans.items()))
             )
         self.stats.add(
             messages_read=len(msgs),
@@ -436,6 +440,22 @@ class S3TransferStreamProcessor:
         for ev in events:
             handler = getattr(self, f"_on_{ev.kind}")
             handler(ev)
+
+    def _seek_past_done(self, consumer: Consumer, msgs: list[Any]) -> None:
+        """Jumps over messages of files already transferred (known from the commit
+        metadata or the journal) instead of fetching them again."""
+        topic = self.options.topic
+        nxt: dict[int, int] = {}
+        for m in msgs:
+            nxt[m.partition()] = max(nxt.get(m.partition(), 0), m.offset() + 1)
+        for p, offset in nxt.items():
+            end = self.assembler.skip_end(p, offset)
+            if end is not None and end > offset:
+                self.watermarks.consumed(p, end - 1)
+                try:
+                    consumer.seek(TopicPartition(topic, p, end))
+                except KafkaException as err:  # e.g. revoked meanwhile: reading on is correct too
+                    self.log.debug(f"Could not skip to {topic}[{p}]@{end}: {err}")
 
     def _resume(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Learns, from the committed offsets' metadata, which messages above the
@@ -448,23 +468,32 @@ class S3TransferStreamProcessor:
                 f"Could not read committed offsets of {topic}: {err}; files above them may be transferred again"
             )
             return
+        starts = []
         for tp in committed:
             if tp.offset < 0:
                 self.log.info(
                     f"Partition {tp.partition} of {topic}: no committed offset, starting from auto.offset.reset"
                 )
+                starts.append(TopicPartition(topic, tp.partition))
                 continue
             runs = OffsetRuns.decode(tp.metadata, tp.offset, self.watermarks.topic_id)
             if runs.runs():
                 self.assembler.skip_offsets(tp.partition, runs.runs())
+            # The journal may know that the messages at the committed offset itself are
+            # done (the commit was lost in a crash): start after them.
+            start = self.assembler.skip_end(tp.partition, tp.offset) or tp.offset
+            starts.append(TopicPartition(topic, tp.partition, start))
             self.log.info(
                 f"Partition {tp.partition} of {topic}: resuming at offset {tp.offset}"
+                + (f", reading from {start}" if start != tp.offset else "")
                 + (
                     f" ({len(runs)} messages of files already transferred above it are skipped)"
                     if runs.runs()
                     else ""
                 )
             )
+        if any(st.offset >= 0 for st in starts):
+            consumer.assign(starts)
 
     def _commit(
         self,
