@@ -493,7 +493,10 @@ class S3TransferStreamProcessor:
                 )
             )
         if any(st.offset >= 0 for st in starts):
-            consumer.assign(starts)
+            try:
+                consumer.assign(starts)
+            except KafkaException as err:  # e.g. a cooperative assignor: reading on is correct too
+                self.log.debug(f"Could not set start offsets of {topic}: {err}")
 
     def _commit(
         self,
