@@ -38,14 +38,22 @@ def tree(rng: random.Random, n: int) -> dict[str, bytes]:
     return files
 
 
-def start_members(bucket: str, topic: str, group: str, root: Path, n: int) -> list[ProcessorRun]:
-    runs = []
-    for i in range(n):
-        runs.append(
-            ProcessorRun(bucket, topic, group, root / f"member{i}", "--part_size", "5", tag=f"m{i}")
+def start_members(
+    bucket: str, topic: str, group: str, root: Path, n: int, *extra: str
+) -> list[ProcessorRun]:
+    """Starts ``n`` processors in one group and waits until every one owns partitions."""
+    runs = [
+        ProcessorRun(
+            bucket, topic, group, root / f"member{i}", "--part_size", "5", *extra, tag=f"m{i}"
         )
+        for i in range(n)
+    ]
     for r in runs:
-        r.wait_for(lambda r=r: "Listening to the" in r.stderr(), 60, "startup")
+        r.wait_for(
+            lambda r=r: "starting from" in r.stderr() or "resuming at" in r.stderr(),
+            60,
+            "assignment",
+        )
     return runs
 
 
@@ -73,13 +81,6 @@ def test_three_processes_share_a_topic_and_transfer_each_file_once(
     bucket = new_bucket()
     group = f"scale-{uuid.uuid4().hex[:8]}"
     runs = start_members(bucket, topic, group, tmp_path, 3)
-    # Wait until the group has settled: every member owns partitions.
-    for r in runs:
-        r.wait_for(
-            lambda r=r: "starting from" in r.stderr() or "resuming at" in r.stderr(),
-            60,
-            "assignment",
-        )
     produce_tree(kafka_bootstrap, topic, src, files, partitions=6)
     expected = {f"{topic}/{rel}": len(data) for rel, data in files.items()}
     runs[0].wait_for(lambda: list_objects(s3_client, bucket) == expected, 300, "every object")
@@ -109,12 +110,6 @@ def test_survivors_finish_the_files_of_a_killed_member(
     bucket = new_bucket()
     group = f"rebal-{uuid.uuid4().hex[:8]}"
     runs = start_members(bucket, topic, group, tmp_path, 3)
-    for r in runs:
-        r.wait_for(
-            lambda r=r: "starting from" in r.stderr() or "resuming at" in r.stderr(),
-            60,
-            "assignment",
-        )
     produce_tree(kafka_bootstrap, topic, src, files, partitions=6)
     victim = runs[1]
     victim.wait_for(lambda: "Transferred " in victim.stderr(), 120, "the victim to be busy")
@@ -148,24 +143,9 @@ def test_file_split_across_members_is_reported_and_lands_once_one_member_owns_it
     topic = new_topic(partitions=2)
     bucket = new_bucket()
     group = f"split-{uuid.uuid4().hex[:8]}"
-    runs = [
-        ProcessorRun(
-            bucket,
-            topic,
-            group,
-            tmp_path / f"member{i}",
-            "--stall_report_seconds",
-            "3",
-            tag=f"m{i}",
-        )
-        for i in range(2)
-    ]
-    for r in runs:
-        r.wait_for(
-            lambda r=r: "starting from" in r.stderr() or "resuming at" in r.stderr(),
-            60,
-            "assignment",
-        )
+    runs = start_members(
+        bucket, topic, group, tmp_path, 2, "--stall_report_seconds", "3", "--n_threads", "1"
+    )
     chunks = encoded_chunks(src, "split/file.bin")
     produce(kafka_bootstrap, topic, [(k, v, i % 2) for i, (k, v) in enumerate(chunks)])
     for r in runs:
@@ -174,7 +154,7 @@ def test_file_split_across_members_is_reported_and_lands_once_one_member_owns_it
                 "split/file.bin has 3 of 7 chunks" in r.stderr()
                 or "split/file.bin has 4 of 7 chunks" in r.stderr()
             ),
-            60,
+            120,
             "the report",
         )
         assert "another member of group" in r.stderr()
