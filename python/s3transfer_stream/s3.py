@@ -15,6 +15,7 @@ import io
 import threading
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import boto3
 from botocore.config import Config
@@ -109,6 +110,21 @@ def make_client(settings: S3Settings, *, max_connections: int = 16) -> Any:
     )
 
 
+#: Characters a metadata value keeps as they are; others are percent-encoded, as
+#: HTTP headers carry ASCII only (a Kafka group id may be any string).
+_METADATA_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def upload_metadata(group: str, member: str) -> dict[str, str]:
+    """User metadata marking an upload with its consumer group and member (if given)."""
+    out = {}
+    if group:
+        out["s3ts-group"] = quote(group, safe=_METADATA_SAFE)
+    if member:
+        out["s3ts-member"] = quote(member, safe=_METADATA_SAFE)
+    return out
+
+
 def describe_client_error(err: Exception) -> str:
     """A one-line reason for a failed S3 call, with no credentials in it."""
     if isinstance(err, ClientError):
@@ -143,14 +159,31 @@ class Validation:
 
 
 class ObjectStore:
-    """Uploads and validates objects in one bucket. Thread-safe."""
+    """Uploads and validates objects in one bucket. Thread-safe.
 
-    def __init__(self, client: Any, bucket: str, *, validate: str = "checksum") -> None:
+    ``group`` and ``member`` (optional) mark every multipart upload this store
+    starts with user metadata ``s3ts-group`` / ``s3ts-member``. S3 does not show
+    user metadata in ListMultipartUploads, so the marking cannot tell whose an
+    open upload is (:mod:`s3transfer_stream.stale_uploads` keeps that record);
+    it is carried to the completed object, where ``head-object`` shows a person
+    which consumer group and member wrote it.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        *,
+        validate: str = "checksum",
+        group: str = "",
+        member: str = "",
+    ) -> None:
         if validate not in VALIDATE_CHOICES:
             raise ValueError(f"validate must be one of {VALIDATE_CHOICES}, got {validate!r}")
         self.client = client
         self.bucket = bucket
         self.validate = validate
+        self.upload_metadata = upload_metadata(group, member)
         self._lock = threading.Lock()
         # What this server turned out to support; learnt from its answers.
         self.checksum_put = True
@@ -186,8 +219,15 @@ class ObjectStore:
     # -- multipart -------------------------------------------------------------
 
     def start_multipart(self, key: str) -> str:
+        extra: dict[str, Any] = {}
+        if self.upload_metadata:
+            extra["Metadata"] = self.upload_metadata
         r = self.client.create_multipart_upload(
-            Bucket=self.bucket, Key=key, ChecksumAlgorithm="CRC64NVME", ChecksumType="FULL_OBJECT"
+            Bucket=self.bucket,
+            Key=key,
+            ChecksumAlgorithm="CRC64NVME",
+            ChecksumType="FULL_OBJECT",
+            **extra,
         )
         return str(r["UploadId"])
 
