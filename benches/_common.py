@@ -118,7 +118,7 @@ def snapshot_package(work: Path) -> dict[str, Any]:
         [
             str(VENV_BIN / "python"),
             "-c",
-            "import s3transfer_stream, s3transfer_stream.pipeline, s3transfer_stream.cli.processor;"
+            "import s3transfer_stream, s3transfer_stream.processor, s3transfer_stream.cli.processor;"
             "print(s3transfer_stream.__file__)",
         ],
         capture_output=True,

@@ -105,6 +105,28 @@ impl IntervalSet {
         out
     }
 
+    /// Removes everything below `point`.
+    pub fn prune_below(&mut self, point: u64) {
+        let mut keep = self.ranges.split_off(&point);
+        if let Some((_, &e)) = self.ranges.iter().next_back() {
+            if e > point {
+                keep.insert(point, e);
+            }
+        }
+        self.ranges = keep;
+    }
+
+    /// Adds `[start, end)`, merging with whatever of it is already present.
+    pub fn union(&mut self, start: u64, end: u64) {
+        for (lo, hi) in self.missing(start, end) {
+            let _ = self.insert(lo, hi);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
     pub fn n_ranges(&self) -> usize {
         self.ranges.len()
     }
@@ -147,6 +169,15 @@ mod tests {
         assert_eq!(g.missing(15, 35), vec![(20, 30)]);
         assert_eq!(g.min_start(), Some(10));
         assert_eq!(g.ranges().collect::<Vec<_>>(), vec![(10, 20), (30, 40)]);
+        g.union(15, 35);
+        assert!(g.is_exactly(10, 40));
+        g.insert(50, 60).unwrap();
+        g.prune_below(20);
+        assert_eq!(g.ranges().collect::<Vec<_>>(), vec![(20, 40), (50, 60)]);
+        g.prune_below(45);
+        assert_eq!(g.ranges().collect::<Vec<_>>(), vec![(50, 60)]);
+        g.prune_below(100);
+        assert!(g.is_empty());
     }
 
     proptest! {

@@ -276,135 +276,202 @@ fn file_info(py: Python<'_>, f: &assembler::FileInfo) -> PyResult<Py<FileInfo>> 
 
 /// Something the assembler wants the pipeline to act on. `kind` is one of
 /// `started`, `part`, `complete`, `failed`, `superseded`, `rejected`.
+fn pins_of(offsets: &assembler::OffsetRuns) -> Vec<(i32, i64)> {
+    offsets.iter().filter_map(|(p, runs)| runs.iter().map(|r| r.0).min().map(|m| (*p, m))).collect()
+}
+
+/// First chunk of a new file instance.
 #[pyclass(frozen, get_all, module = "s3transfer_stream._core")]
-pub struct Event {
-    kind: &'static str,
-    file: Option<Py<FileInfo>>,
+pub struct FileStarted {
+    file: Py<FileInfo>,
+}
+
+/// A complete part of a file that needs a multipart upload.
+#[pyclass(frozen, get_all, module = "s3transfer_stream._core")]
+pub struct PartReady {
+    file: Py<FileInfo>,
     part_number: u32,
+    data: Py<Buffer>,
+    size: u64,
+    crc64nvme: u64,
+}
+
+/// Every chunk arrived and the file hash matched; owned until settled.
+#[pyclass(frozen, get_all, module = "s3transfer_stream._core")]
+pub struct FileComplete {
+    file: Py<FileInfo>,
     data: Option<Py<Buffer>>,
     size: u64,
     crc64nvme: u64,
     parts: u32,
-    pins: Vec<(i32, i64)>,
-    /// Per partition, half-open ranges of the Kafka offsets of the file's messages.
     offsets: Vec<(i32, Vec<(i64, i64)>)>,
-    reason: String,
-    hash_mismatch: bool,
-    partition: i32,
-    offset: i64,
-    error: Option<PyErr>,
+    pins: Vec<(i32, i64)>,
 }
 
-impl Event {
-    fn blank(kind: &'static str) -> Self {
-        Self {
-            kind,
-            file: None,
-            part_number: 0,
-            data: None,
-            size: 0,
-            crc64nvme: 0,
-            parts: 0,
-            pins: Vec::new(),
-            offsets: Vec::new(),
-            reason: String::new(),
-            hash_mismatch: false,
-            partition: -1,
-            offset: -1,
-            error: None,
+/// The file cannot be completed from these chunks; owned until its failure is recorded and it is settled.
+#[pyclass(frozen, get_all, module = "s3transfer_stream._core")]
+pub struct FileFailed {
+    file: Py<FileInfo>,
+    reason: String,
+    hash_mismatch: bool,
+    offsets: Vec<(i32, Vec<(i64, i64)>)>,
+    pins: Vec<(i32, i64)>,
+}
+
+/// A newer generation of the path completed; this unfinished one is not needed.
+#[pyclass(frozen, get_all, module = "s3transfer_stream._core")]
+pub struct FileSuperseded {
+    file: Py<FileInfo>,
+    by: Py<FileInfo>,
+}
+
+/// The message is not a usable chunk; no file state was touched.
+#[pyclass(frozen, get_all, module = "s3transfer_stream._core")]
+pub struct MessageRejected {
+    partition: i32,
+    offset: i64,
+    reason: String,
+    error: PyErr,
+}
+
+macro_rules! event_kind {
+    ($cls:ident, $kind:literal) => {
+        #[pymethods]
+        impl $cls {
+            #[getter]
+            fn kind(&self) -> &'static str {
+                $kind
+            }
+
+            fn __repr__(&self, py: Python<'_>) -> String {
+                format!("<{} {}>", stringify!($cls), self.describe(py))
+            }
         }
+    };
+}
+
+trait Describe {
+    fn describe(&self, py: Python<'_>) -> String;
+}
+
+macro_rules! describe_file {
+    ($($cls:ident),*) => {$(
+        impl Describe for $cls {
+            fn describe(&self, py: Python<'_>) -> String {
+                format!("{:?}", self.file.bind(py).get().rel_output_path)
+            }
+        }
+    )*};
+}
+describe_file!(FileStarted, PartReady, FileComplete, FileFailed, FileSuperseded);
+
+impl Describe for MessageRejected {
+    fn describe(&self, _py: Python<'_>) -> String {
+        format!("[{}]@{}", self.partition, self.offset)
+    }
+}
+
+event_kind!(FileStarted, "started");
+event_kind!(PartReady, "part");
+event_kind!(FileComplete, "complete");
+event_kind!(FileFailed, "failed");
+event_kind!(FileSuperseded, "superseded");
+
+#[pymethods]
+impl MessageRejected {
+    #[getter]
+    fn kind(&self) -> &'static str {
+        "rejected"
     }
 
-    fn from_rust(py: Python<'_>, e: RustEvent) -> PyResult<Self> {
-        Ok(match e {
-            RustEvent::Started(f) => Self { file: Some(file_info(py, &f)?), ..Self::blank("started") },
-            RustEvent::Superseded { file } => {
-                Self { file: Some(file_info(py, &file)?), ..Self::blank("superseded") }
-            }
-            RustEvent::Part { file, number, data, crc64nvme } => Self {
-                file: Some(file_info(py, &file)?),
+    /// Always `None`: a rejected message belongs to no file instance.
+    #[getter]
+    fn file(&self) -> Option<Py<FileInfo>> {
+        None
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!("<MessageRejected {}>", self.describe(py))
+    }
+}
+
+fn event_object(py: Python<'_>, e: RustEvent) -> PyResult<Py<PyAny>> {
+    Ok(match e {
+        RustEvent::Started(f) => Py::new(py, FileStarted { file: file_info(py, &f)? })?.into_any(),
+        RustEvent::Superseded { file, by } => {
+            Py::new(py, FileSuperseded { file: file_info(py, &file)?, by: file_info(py, &by)? })?.into_any()
+        }
+        RustEvent::Part { file, number, data, crc64nvme } => Py::new(
+            py,
+            PartReady {
+                file: file_info(py, &file)?,
                 part_number: number,
                 size: data.len() as u64,
-                data: Some(buffer(py, data)?),
+                data: buffer(py, data)?,
                 crc64nvme,
-                ..Self::blank("part")
             },
-            RustEvent::Complete { file, size, single, crc64nvme, parts, pins, offsets } => Self {
-                file: Some(file_info(py, &file)?),
+        )?
+        .into_any(),
+        RustEvent::Complete { file, size, single, crc64nvme, parts, offsets } => Py::new(
+            py,
+            FileComplete {
+                file: file_info(py, &file)?,
                 data: single.map(|b| buffer(py, b)).transpose()?,
                 size,
                 crc64nvme,
                 parts,
-                pins,
+                pins: pins_of(&offsets),
                 offsets,
-                ..Self::blank("complete")
             },
-            RustEvent::Failed { file, reason, hash_mismatch, pins, offsets } => Self {
-                file: Some(file_info(py, &file)?),
+        )?
+        .into_any(),
+        RustEvent::Failed { file, reason, hash_mismatch, offsets } => Py::new(
+            py,
+            FileFailed {
+                file: file_info(py, &file)?,
                 reason,
                 hash_mismatch,
-                pins,
+                pins: pins_of(&offsets),
                 offsets,
-                ..Self::blank("failed")
             },
-            RustEvent::Rejected { position, error } => Self {
-                reason: error.to_string(),
+        )?
+        .into_any(),
+        RustEvent::Rejected { position, error } => Py::new(
+            py,
+            MessageRejected {
                 partition: position.partition,
                 offset: position.offset,
-                error: Some(wire_error(py, &error)),
-                ..Self::blank("rejected")
+                reason: error.to_string(),
+                error: wire_error(py, &error),
             },
-        })
-    }
+        )?
+        .into_any(),
+    })
 }
 
-#[pymethods]
-impl Event {
-    fn __repr__(&self, py: Python<'_>) -> String {
-        let name = self.file.as_ref().map(|f| f.get().rel_output_path.clone()).unwrap_or_default();
-        let _ = py;
-        format!("<Event {} {:?}>", self.kind, name)
-    }
+/// A file instance not yet settled, as `check` and the stall monitor see it.
+#[pyclass(frozen, get_all, module = "s3transfer_stream._core")]
+pub struct Progress {
+    file: Py<FileInfo>,
+    chunks: u64,
+    buffered: u64,
+    partitions: Vec<i32>,
+    max_offsets: Vec<(i32, i64)>,
+    idle_seconds: f64,
+    state: &'static str,
 }
 
-/// `(file, chunks received, bytes buffered, partitions its chunks came from)`.
 type InProgress = (Py<FileInfo>, u64, u64, Vec<i32>);
+type Batch = (Vec<Py<PyAny>>, usize, Vec<(i32, i64)>);
+type Commit = (i32, i64, Vec<(i64, i64)>);
 
-/// Reassembles files from chunk messages; shared by all consumer threads.
 #[pyclass(frozen, module = "s3transfer_stream._core")]
 pub struct Assembler {
     inner: RustAssembler,
 }
 
-#[pymethods]
 impl Assembler {
-    #[new]
-    #[pyo3(signature = (part_size = 8 << 20, max_buffered = 1 << 30))]
-    fn new(part_size: u64, max_buffered: u64) -> PyResult<Self> {
-        RustAssembler::new(part_size, max_buffered).map(|inner| Self { inner }).map_err(ConfigError::new_err)
-    }
-
-    /// Bytes now held in part buffers by unfinished files.
-    #[getter]
-    fn buffered_bytes(&self) -> u64 {
-        self.inner.budget().used()
-    }
-
-    /// An assembler with parts smaller than S3 allows, for tests of part logic.
-    #[staticmethod]
-    fn _with_tiny_parts(part_size: u64) -> Self {
-        Self { inner: RustAssembler::with_any_part_size(part_size) }
-    }
-
-    #[getter]
-    fn part_size(&self) -> u64 {
-        self.inner.part_size()
-    }
-
-    /// Feeds a batch of messages: confluent-kafka `Message` objects or
-    /// `(partition, offset, value)` tuples. Returns `(events, n_stored)`, where
-    /// `n_stored` counts messages that were usable chunks (new or duplicate).
-    fn add_messages(&self, py: Python<'_>, messages: Vec<Bound<'_, PyAny>>) -> PyResult<(Vec<Event>, usize)> {
+    fn feed_inner(&self, py: Python<'_>, messages: Vec<Bound<'_, PyAny>>) -> PyResult<Batch> {
         let mut owned: Vec<(Position, Option<Bound<'_, PyBytes>>)> = Vec::with_capacity(messages.len());
         for m in &messages {
             let (partition, offset, value): (i32, i64, Bound<'_, PyAny>) = if let Ok(t) = m.cast::<PyTuple>()
@@ -423,33 +490,108 @@ impl Assembler {
         let borrowed: Vec<(Position, Option<&[u8]>)> =
             owned.iter().map(|(p, v)| (*p, v.as_ref().map(|b| b.as_bytes()))).collect();
         let inner = &self.inner;
-        let (events, stored) = py.detach(|| {
+        let (events, dispositions, deferred) = py.detach(|| {
             let mut events = Vec::new();
-            let mut stored = 0usize;
-            for (pos, value) in borrowed {
-                let d = match value {
-                    Some(v) => inner.add(pos, v, &mut events),
-                    None => {
-                        events.push(RustEvent::Rejected {
-                            position: pos,
-                            error: WireError {
-                                kind: ErrorKind::Malformed,
-                                field: "message",
-                                filename: None,
-                                detail: "has no value".to_owned(),
-                            },
-                        });
-                        Disposition::Rejected
-                    }
-                };
-                if d != Disposition::Rejected {
-                    stored += 1;
-                }
-            }
-            (events, stored)
+            let (d, deferred) = inner.add_batch(&borrowed, &mut events);
+            (events, d, deferred)
         });
-        let events = events.into_iter().map(|e| Event::from_rust(py, e)).collect::<PyResult<_>>()?;
+        let stored = dispositions
+            .iter()
+            .filter(|d| !matches!(d, Disposition::Rejected | Disposition::Deferred))
+            .count();
+        let events = events.into_iter().map(|e| event_object(py, e)).collect::<PyResult<_>>()?;
+        Ok((events, stored, deferred))
+    }
+}
+
+#[pymethods]
+impl Assembler {
+    #[new]
+    #[pyo3(signature = (part_size = 8 << 20, max_buffered = 1 << 30))]
+    fn new(part_size: u64, max_buffered: u64) -> PyResult<Self> {
+        RustAssembler::new(part_size, max_buffered).map(|inner| Self { inner }).map_err(ConfigError::new_err)
+    }
+
+    #[getter]
+    fn buffered_bytes(&self) -> u64 {
+        self.inner.budget().used()
+    }
+
+    #[getter]
+    fn buffer_limit(&self) -> u64 {
+        self.inner.budget().limit()
+    }
+
+    #[staticmethod]
+    #[pyo3(signature = (part_size, max_buffered = None))]
+    fn _with_tiny_parts(part_size: u64, max_buffered: Option<u64>) -> Self {
+        match max_buffered {
+            Some(limit) => Self { inner: RustAssembler::with_limits(part_size, limit) },
+            None => Self { inner: RustAssembler::with_any_part_size(part_size) },
+        }
+    }
+
+    #[getter]
+    fn part_size(&self) -> u64 {
+        self.inner.part_size()
+    }
+
+    /// Feeds a batch of messages: confluent-kafka `Message` objects or
+    /// `(partition, offset, value)` tuples. Returns `(events, n_stored)`, where
+    /// `n_stored` counts messages that were usable chunks (new or duplicate).
+    fn add_messages(
+        &self,
+        py: Python<'_>,
+        messages: Vec<Bound<'_, PyAny>>,
+    ) -> PyResult<(Vec<Py<PyAny>>, usize)> {
+        let (events, stored, _) = self.feed_inner(py, messages)?;
         Ok((events, stored))
+    }
+
+    /// Like `add_messages`, and also returns the `(partition, offset)` of each
+    /// partition whose messages were deferred for lack of memory (read them again from there).
+    fn feed(&self, py: Python<'_>, messages: Vec<Bound<'_, PyAny>>) -> PyResult<Batch> {
+        self.feed_inner(py, messages)
+    }
+
+    /// The instance is durably done or durably given up: its offsets may be committed past.
+    fn settle(&self, instance: u64) -> bool {
+        self.inner.settle(instance)
+    }
+
+    /// Gives up a file still being received; it stays owned until settled.
+    fn abandon(&self, py: Python<'_>, instance: u64) -> PyResult<Option<Py<FileInfo>>> {
+        self.inner.abandon(instance).map(|(f, _)| file_info(py, &f)).transpose()
+    }
+
+    /// The partition was assigned with this committed offset (-1 for none) and
+    /// these done runs above it; returns the offset to start reading from.
+    fn assigned(&self, partition: i32, committed: i64, done_above: Vec<(i64, i64)>) -> i64 {
+        self.inner.assigned(partition, committed, &done_above)
+    }
+
+    /// If the read position of `partition` starts a done run, where to seek instead.
+    fn skip_ahead(&self, partition: i32) -> Option<i64> {
+        self.inner.skip_ahead(partition)
+    }
+
+    /// A commit of `offset` to `partition` succeeded: never commit below it again.
+    fn committed(&self, partition: i32, offset: i64) {
+        self.inner.committed(partition, offset);
+    }
+
+    /// The partitions left this reader; returns files dropped with them.
+    fn revoked(&self, py: Python<'_>, partitions: Vec<i32>) -> PyResult<Vec<Py<FileInfo>>> {
+        self.inner.revoked(&partitions).iter().map(|f| file_info(py, f)).collect()
+    }
+
+    /// `[(partition, offset to commit, done runs above it)]` for the partitions read so far.
+    fn commit_positions(&self, partitions: Vec<i32>) -> Vec<Commit> {
+        self.inner
+            .commit_positions(&partitions)
+            .into_iter()
+            .map(|c| (c.partition, c.offset, c.done_above))
+            .collect()
     }
 
     /// Marks half-open offset ranges of `partition` as already accounted for:
@@ -463,7 +605,7 @@ impl Assembler {
         self.inner.skip_end(partition, offset)
     }
 
-    /// Per partition, the lowest offset still needed by an unfinished file.
+    /// Per partition, the lowest offset still needed by a file not yet settled.
     fn pinned_offsets<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         for (p, o) in self.inner.pinned_offsets() {
@@ -472,16 +614,32 @@ impl Assembler {
         Ok(d)
     }
 
-    fn drop_partitions(&self, py: Python<'_>, partitions: Vec<i32>) -> PyResult<Vec<Py<FileInfo>>> {
-        self.inner.drop_partitions(&partitions).iter().map(|f| file_info(py, f)).collect()
-    }
-
-    /// `(file, chunks received, bytes buffered, partitions)` for every unfinished file.
+    /// `(file, chunks received, bytes buffered, partitions)` for every file being received.
     fn in_progress(&self, py: Python<'_>) -> PyResult<Vec<InProgress>> {
         self.inner
             .in_progress()
-            .iter()
-            .map(|(f, c, b, p)| Ok((file_info(py, f)?, *c, *b, p.clone())))
+            .into_iter()
+            .filter(|p| p.state == "receiving")
+            .map(|p| Ok((file_info(py, &p.info)?, p.chunks, p.buffered, p.partitions)))
+            .collect()
+    }
+
+    /// Every instance not yet settled: being received, uploaded or recorded.
+    fn progress(&self, py: Python<'_>) -> PyResult<Vec<Progress>> {
+        self.inner
+            .in_progress()
+            .into_iter()
+            .map(|p| {
+                Ok(Progress {
+                    file: file_info(py, &p.info)?,
+                    chunks: p.chunks,
+                    buffered: p.buffered,
+                    partitions: p.partitions,
+                    max_offsets: p.max_offsets,
+                    idle_seconds: p.idle_seconds,
+                    state: p.state,
+                })
+            })
             .collect()
     }
 }
@@ -562,7 +720,13 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Buffer>()?;
     m.add_class::<DecodedChunk>()?;
     m.add_class::<FileInfo>()?;
-    m.add_class::<Event>()?;
+    m.add_class::<FileStarted>()?;
+    m.add_class::<PartReady>()?;
+    m.add_class::<FileComplete>()?;
+    m.add_class::<FileFailed>()?;
+    m.add_class::<FileSuperseded>()?;
+    m.add_class::<MessageRejected>()?;
+    m.add_class::<Progress>()?;
     m.add_class::<Assembler>()?;
     m.add_class::<FileChunker>()?;
     m.add_class::<Sha512>()?;

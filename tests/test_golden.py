@@ -291,6 +291,9 @@ def test_assembler_rebuilds_golden_files(source_id: str, part_size: int, tmp_pat
         want_pins[p] = min(o, want_pins.get(p, o))
     assert dict(complete.pins) == want_pins
     assert asm.in_progress() == []
+    # Complete, but owned (pinned) until the uploader settles it.
+    assert asm.pinned_offsets() == want_pins
+    assert asm.settle(info.instance)
     assert asm.pinned_offsets() == {}
 
     # Offsets: every message of the file, duplicates included, as half-open runs.
@@ -313,6 +316,7 @@ def test_redelivered_duplicate_after_completion_is_not_a_new_file() -> None:
     asm = _core.Assembler._with_tiny_parts(1 << 20)
     evs, _ = asm.add_messages([(0, 100, c[0]), (0, 1100, c[0]), (0, 101, c[1]), (0, 102, c[2])])
     assert [e.kind for e in evs] == ["started", "complete"]
+    assert evs[1].file is not None and asm.settle(evs[1].file.instance)
     # The consumer re-reads from below offset 1100 (e.g. after a rebalance).
     evs, _ = asm.add_messages([(0, 1100, c[0])])
     assert evs == []

@@ -346,6 +346,10 @@ def test_assembler_rejects_the_corpus_and_keeps_working() -> None:
     starts = sorted(e.file.rel_path for e in events if e.kind == "started" and e.file)
     assert starts == [f"a/b/{NAME}"] * len(hash_cases) + ["good/y.dat"]
     assert asm.in_progress() == []
+    # Failed and complete files stay pinned until recorded and settled.
+    for e in events:
+        if e.kind in ("failed", "complete") and e.file is not None:
+            assert asm.settle(e.file.instance)
     assert asm.pinned_offsets() == {}
 
 
@@ -363,6 +367,9 @@ def test_assembler_each_case_alone() -> None:
             assert kinds == ["rejected"], c.name
             assert (events[0].partition, events[0].offset) == (3, k)
         assert asm.in_progress() == [], c.name
+        for e in events:
+            if e.kind == "failed" and e.file is not None:
+                assert asm.settle(e.file.instance), c.name
         assert asm.pinned_offsets() == {}, c.name
 
 

@@ -17,10 +17,12 @@ from helpers import (
     CHUNK,
     ProcessorRun,
     S3Proxy,
+    committed_offsets,
     encoded_chunks,
     list_objects,
     produce,
     produce_tree,
+    rand_bytes,
     read_object,
     write_tree,
 )
@@ -262,11 +264,12 @@ def test_bad_config_and_unreachable_services_fail_clearly(
     assert r.returncode == 2 and "bucket name 'bad/bucket'" in r.stderr
 
 
-def test_failed_upload_is_recorded_and_retried_by_the_next_run(
+def test_access_denied_is_permanent_recorded_committed_past_and_redriven_by_sending_again(
     tmp_path: Path, new_topic: Any, new_bucket: Any, s3_client: Any, kafka_bootstrap: str
 ) -> None:
-    """The bucket refuses writes during the first run: the file is recorded as failed and
-    its offsets stay uncommitted, so the next run with the same group transfers it."""
+    """The bucket refuses writes (AccessDenied): retrying cannot help, so each file is
+    recorded as failed, with its reason, and committed past; the next run does not
+    read them again, and sending the file again transfers it."""
     proxy = S3Proxy(int(os.environ["S3TS_S3_PORT"]))
     try:
         src = tmp_path / "src"
@@ -280,8 +283,13 @@ def test_failed_upload_is_recorded_and_retried_by_the_next_run(
         run = ProcessorRun(bucket, topic, group, out, "--part_size", "5", env=env, tag="denied")
         run.wait_for(lambda: "Listening to the" in run.stderr(), 60, "startup")
         proxy.deny()
-        produce_tree(kafka_bootstrap, topic, src, files, partitions=1)
+        n_messages = produce_tree(kafka_bootstrap, topic, src, files, partitions=1)
         run.wait_for(lambda: run.stderr().count("Failed to transfer") >= 2, 120, "both failures")
+        run.wait_for(
+            lambda: committed_offsets(kafka_bootstrap, topic, group) == {0: n_messages},
+            60,
+            "the commit past the failed files",
+        )
         assert run.quit() == 0
         assert proxy.denied > 0
         assert list_objects(s3_client, bucket) == {}
@@ -292,20 +300,83 @@ def test_failed_upload_is_recorded_and_retried_by_the_next_run(
         }
         assert processed == []
         err = run.stderr()
-        assert "AccessDenied" in err and "first.dat" in err
+        assert "AccessDenied" in err and "first.dat" in err and "committed past" in err
 
         proxy.allow()
         run2 = ProcessorRun(bucket, topic, group, out, "--part_size", "5", env=env, tag="retry")
+        run2.wait_for(lambda: "Listening to the" in run2.stderr(), 60, "startup")
+        time.sleep(3)
+        assert list_objects(s3_client, bucket) == {}
+        # The operator re-drives the files by sending them again.
+        produce_tree(kafka_bootstrap, topic, src, files, partitions=1)
         expected = {f"{topic}/{rel}": len(data) for rel, data in files.items()}
-        run2.wait_for(lambda: list_objects(s3_client, bucket) == expected, 120, "the retried files")
+        run2.wait_for(lambda: list_objects(s3_client, bucket) == expected, 120, "the re-sent files")
         run2.wait_for(lambda: run2.stderr().count("Transferred ") >= 2, 30, "transfer lines")
         assert run2.quit() == 0
         for rel, data in files.items():
             assert read_object(s3_client, bucket, f"{topic}/{rel}") == data
         in_progress, processed = registry_tables(out, topic, group)
+        assert sorted(r.rel_filepath.as_posix() for r in processed) == sorted(files)
+    finally:
+        proxy.close()
+
+
+def test_s3_outage_is_ridden_out_inside_the_run(
+    tmp_path: Path, new_topic: Any, new_bucket: Any, s3_client: Any, kafka_bootstrap: str
+) -> None:
+    """Finding 5: S3 refuses connections, then stalls, then answers 503 while files
+    complete; nothing fails, nothing is committed past them, and every file lands
+    in the same run once S3 is back (no restart)."""
+    proxy = S3Proxy(int(os.environ["S3TS_S3_PORT"]))
+    try:
+        rng = random.Random(5)
+        files = {f"o/f{i}.dat": rand_bytes(rng, rng.randint(1, 3 * CHUNK)) for i in range(12)}
+        files["o/big.bin"] = rand_bytes(rng, 11 * 2**20 + 17)
+        src = tmp_path / "src"
+        write_tree(src, files)
+        topic = new_topic(partitions=3)
+        bucket = new_bucket()
+        group = f"g-{uuid.uuid4().hex[:8]}"
+        out = tmp_path / "out"
+        env = {**os.environ, "ENDPOINT_URL": proxy.url}
+        run = ProcessorRun(
+            bucket, topic, group, out, "--part_size", "5", "--n_threads", "2", env=env
+        )
+        run.wait_for(lambda: "Listening to the" in run.stderr(), 60, "startup")
+        proxy.refuse()
+        n_messages = produce_tree(kafka_bootstrap, topic, src, files, partitions=3)
+        run.wait_for(lambda: "S3 unreachable since" in run.stderr(), 60, "the outage warning")
+        time.sleep(4)
+        proxy.stall()
+        time.sleep(4)
+        proxy.unavailable()
+        time.sleep(4)
+        # Nothing was committed past the files waiting for S3.
+        assert sum(committed_offsets(kafka_bootstrap, topic, group).values()) < n_messages
+        run.command("check")
+        run.wait_for(lambda: "files transferred so far" in run.stderr(), 30, "the check output")
+        check_line = next(
+            line for line in run.stderr().splitlines() if "files transferred so far" in line
+        )
+        assert "S3 unreachable since" in check_line
+        proxy.allow()
+        expected = {f"{topic}/{rel}": len(data) for rel, data in files.items()}
+        run.wait_for(lambda: list_objects(s3_client, bucket) == expected, 180, "every object")
+        run.wait_for(
+            lambda: sum(committed_offsets(kafka_bootstrap, topic, group).values()) == n_messages,
+            60,
+            "commits at the log end",
+        )
+        assert run.quit() == 0
+        err = run.stderr()
+        assert "S3 reachable again" in err
+        assert "Failed to transfer" not in err
+        for rel, data in files.items():
+            assert read_object(s3_client, bucket, f"{topic}/{rel}") == data
+        in_progress, processed = registry_tables(out, topic, group)
         assert in_progress == []
         assert sorted(r.rel_filepath.as_posix() for r in processed) == sorted(files)
-        assert "were unfinished or failed in an earlier run" in run2.stderr()
+        assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     finally:
         proxy.close()
 

@@ -43,7 +43,7 @@ def test_wheel_installs_beside_boto3_and_its_s3transfer(tmp_path: Path) -> None:
         "import boto3, s3transfer, s3transfer_stream\n"
         "from s3transfer.manager import TransferManager\n"
         "from s3transfer_stream import _core\n"
-        "import s3transfer_stream.pipeline, s3transfer_stream.cli.processor\n"
+        "import s3transfer_stream.processor, s3transfer_stream.cli.processor\n"
         "assert 'site-packages/s3transfer/' in s3transfer.__file__, s3transfer.__file__\n"
         "assert s3transfer_stream.__file__ != s3transfer.__file__\n"
         "print(_core.message_key('a/b', 'x.dat', 1, 2), boto3.__version__)\n"

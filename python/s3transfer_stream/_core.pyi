@@ -22,7 +22,14 @@ __all__ = [
     "DecodedChunk",
     "Event",
     "FileChunker",
+    "FileComplete",
+    "FileFailed",
     "FileInfo",
+    "FileStarted",
+    "FileSuperseded",
+    "MessageRejected",
+    "PartReady",
+    "Progress",
     "Sha512",
     "crc64nvme",
     "decode_chunk",
@@ -37,8 +44,6 @@ __all__ = [
 MIN_PART_SIZE: int
 #: S3's maximum number of parts of one multipart upload (10000).
 MAX_PARTS: int
-
-_EventKind: TypeAlias = Literal["started", "part", "complete", "failed", "superseded", "rejected"]
 
 @final
 class Buffer:
@@ -156,51 +161,132 @@ class FileInfo:
         (produced again, or stray duplicate chunks); it pins no offsets."""
 
 @final
-class Event:
-    """Something the assembler wants the pipeline to act on; see ``kind``.
-
-    Fields that do not apply to a kind hold their blank value (``None``, ``0``,
-    ``""``, ``[]``, ``False``, ``-1`` for ``partition``/``offset``).
-    """
+class FileStarted:
+    """First chunk of a new file instance."""
 
     @property
-    def kind(self) -> _EventKind: ...
+    def kind(self) -> Literal["started"]: ...
     @property
-    def file(self) -> FileInfo | None:
-        """Set for every kind but ``rejected``."""
+    def file(self) -> FileInfo: ...
+
+@final
+class PartReady:
+    """A complete part of a file that needs a multipart upload."""
+
+    @property
+    def kind(self) -> Literal["part"]: ...
+    @property
+    def file(self) -> FileInfo: ...
     @property
     def part_number(self) -> int:
-        """1-based part number (``part``)."""
+        """1-based part number."""
+    @property
+    def data(self) -> Buffer: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def crc64nvme(self) -> int: ...
+
+@final
+class FileComplete:
+    """Every chunk arrived and the file hash matched. The instance stays owned by
+    the assembler (its offsets pinned) until :meth:`Assembler.settle`."""
+
+    @property
+    def kind(self) -> Literal["complete"]: ...
+    @property
+    def file(self) -> FileInfo: ...
     @property
     def data(self) -> Buffer | None:
-        """The part (``part``) or the whole file when it fits in one part (``complete``)."""
+        """The whole file when it fits in one part (a single PUT), else ``None``."""
     @property
     def size(self) -> int: ...
     @property
     def crc64nvme(self) -> int: ...
     @property
     def parts(self) -> int:
-        """Parts released for a multipart upload (``complete``)."""
-    @property
-    def pins(self) -> list[tuple[int, int]]:
-        """``(partition, lowest offset)`` of the file's messages, duplicates included
-        (``complete``, ``failed``)."""
+        """Parts released for a multipart upload."""
     @property
     def offsets(self) -> list[tuple[int, list[tuple[int, int]]]]:
         """Per partition, half-open ranges of the offsets of the file's messages
-        (``complete``, ``failed``)."""
+        (duplicates included, and those of generations it superseded)."""
+    @property
+    def pins(self) -> list[tuple[int, int]]:
+        """``(partition, lowest offset)`` of the file's messages."""
+
+@final
+class FileFailed:
+    """The file cannot be completed from these chunks; owned until settled (after
+    its failure is recorded)."""
+
+    @property
+    def kind(self) -> Literal["failed"]: ...
+    @property
+    def file(self) -> FileInfo: ...
     @property
     def reason(self) -> str: ...
     @property
     def hash_mismatch(self) -> bool: ...
     @property
-    def partition(self) -> int:
-        """Position of the message (``rejected``), else -1."""
+    def offsets(self) -> list[tuple[int, list[tuple[int, int]]]]: ...
+    @property
+    def pins(self) -> list[tuple[int, int]]: ...
+
+@final
+class FileSuperseded:
+    """A newer generation of the path (``by``) completed; this one is not needed."""
+
+    @property
+    def kind(self) -> Literal["superseded"]: ...
+    @property
+    def file(self) -> FileInfo: ...
+    @property
+    def by(self) -> FileInfo: ...
+
+@final
+class MessageRejected:
+    """The message is not a usable chunk; no file state was touched."""
+
+    @property
+    def kind(self) -> Literal["rejected"]: ...
+    @property
+    def file(self) -> None: ...
+    @property
+    def partition(self) -> int: ...
     @property
     def offset(self) -> int: ...
     @property
-    def error(self) -> ChunkError | None:
-        """The exception that rejected the message (``rejected``)."""
+    def reason(self) -> str: ...
+    @property
+    def error(self) -> ChunkError:
+        """The exception that rejected the message."""
+
+Event: TypeAlias = (
+    FileStarted | PartReady | FileComplete | FileFailed | FileSuperseded | MessageRejected
+)
+
+@final
+class Progress:
+    """A file instance not yet settled."""
+
+    @property
+    def file(self) -> FileInfo: ...
+    @property
+    def chunks(self) -> int:
+        """Chunks received."""
+    @property
+    def buffered(self) -> int:
+        """Bytes held for reassembly."""
+    @property
+    def partitions(self) -> list[int]: ...
+    @property
+    def max_offsets(self) -> list[tuple[int, int]]:
+        """Per partition, the offset after the file's last message."""
+    @property
+    def idle_seconds(self) -> float:
+        """Since its last chunk (receiving), or since it completed or failed."""
+    @property
+    def state(self) -> Literal["receiving", "uploading", "failed"]: ...
 
 class _KafkaMessage(Protocol):
     """What :meth:`Assembler.add_messages` needs of a ``confluent_kafka.Message``.
@@ -218,33 +304,59 @@ _MessageTuple: TypeAlias = tuple[int, int, bytes | None]
 
 @final
 class Assembler:
-    """Reassembles files from chunk messages; shared by all consumer threads."""
+    """Reassembles files from chunk messages and owns every file instance until it
+    is settled; shared by all consumer threads (see ``rust/assembler.rs``)."""
 
     def __new__(cls, part_size: int = ..., max_buffered: int = ...) -> Self:
         """``part_size`` defaults to 8 MiB; below :data:`MIN_PART_SIZE` it raises
         :class:`~s3transfer_stream.errors.ConfigError`."""
     @staticmethod
-    def _with_tiny_parts(part_size: int) -> Assembler:
+    def _with_tiny_parts(part_size: int, max_buffered: int | None = None) -> Assembler:
         """An assembler allowing parts below S3's minimum (tests only)."""
     @property
     def part_size(self) -> int: ...
     @property
     def buffered_bytes(self) -> int:
-        """Bytes now held in part buffers by unfinished files (at most ``max_buffered``)."""
+        """Bytes now held for reassembly by unfinished files."""
+    @property
+    def buffer_limit(self) -> int: ...
     def add_messages(
         self, messages: Sequence[_KafkaMessage | _MessageTuple]
     ) -> tuple[list[Event], int]:
         """Feeds a batch; returns ``(events, n_stored)`` (usable chunks, new or duplicate)."""
+    def feed(
+        self, messages: Sequence[_KafkaMessage | _MessageTuple]
+    ) -> tuple[list[Event], int, list[tuple[int, int]]]:
+        """Like :meth:`add_messages`; also ``(partition, offset)`` of each partition
+        whose messages were deferred for lack of memory: read again from there."""
+    def settle(self, instance: int) -> bool:
+        """The instance is durably done or given up: its offsets may be committed past."""
+    def abandon(self, instance: int) -> FileInfo | None:
+        """Gives up a file being received; it stays owned until settled."""
+    def assigned(
+        self, partition: int, committed: int, done_above: Sequence[tuple[int, int]]
+    ) -> int:
+        """The partition was assigned at ``committed`` (-1: none); returns where to read from."""
+    def skip_ahead(self, partition: int) -> int | None:
+        """If the read position starts a done run, the offset to seek to instead."""
+    def committed(self, partition: int, offset: int) -> None:
+        """A commit succeeded: never commit below ``offset`` again."""
+    def revoked(self, partitions: Sequence[int]) -> list[FileInfo]:
+        """The partitions left; returns files dropped with them."""
+    def commit_positions(
+        self, partitions: Sequence[int]
+    ) -> list[tuple[int, int, list[tuple[int, int]]]]:
+        """``(partition, offset to commit, done runs above it)`` for partitions read so far."""
     def pinned_offsets(self) -> dict[int, int]:
-        """Per partition, the lowest offset still needed by an unfinished file."""
-    def drop_partitions(self, partitions: Sequence[int]) -> list[FileInfo]: ...
+        """Per partition, the lowest offset still needed by a file not yet settled."""
     def skip_offsets(self, partition: int, ranges: Sequence[tuple[int, int]]) -> None:
         """Marks half-open offset ranges as already accounted for: skipped undecoded."""
     def skip_end(self, partition: int, offset: int) -> int | None:
         """Where the skipped range holding ``offset`` ends, if ``offset`` is in one."""
     def in_progress(self) -> list[tuple[FileInfo, int, int, list[int]]]:
-        """``(file, chunks received, bytes buffered, partitions its chunks came from)``
-        for every unfinished file."""
+        """``(file, chunks received, bytes buffered, partitions)`` for files being received."""
+    def progress(self) -> list[Progress]:
+        """Every instance not yet settled."""
 
 @final
 class FileChunker:

@@ -20,7 +20,7 @@ from .config import load_config
 from .errors import S3TransferStreamError
 from .kafka import create_topic, make_producer
 from .logs import setup_logging
-from .pipeline import ProcessorOptions, S3TransferStreamProcessor
+from .processor import ProcessorOptions, S3TransferStreamProcessor
 from .producer import send_file
 from .s3 import ObjectStore, make_client
 

@@ -21,7 +21,6 @@ those files after a crash, never a lost file.
 
 from __future__ import annotations
 
-import threading
 from bisect import bisect_left
 from collections.abc import Iterable
 
@@ -107,83 +106,3 @@ class OffsetRuns:
         except ValueError:
             return cls()
         return out
-
-
-class Watermarks:
-    """Tracks, per partition, what was read, what is pinned and what is done."""
-
-    def __init__(self, topic_id: str = "") -> None:
-        self.topic_id = topic_id
-        self._lock = threading.Lock()
-        self._next: dict[int, int] = {}
-        self._pins: dict[int, list[tuple[int, int]]] = {}
-        self._held: dict[int, list[tuple[int, int]]] = {}
-        self._done: dict[int, OffsetRuns] = {}
-
-    def consumed(self, partition: int, offset: int) -> None:
-        with self._lock:
-            if offset + 1 > self._next.get(partition, -1):
-                self._next[partition] = offset + 1
-
-    def pin(self, instance: int, pins: list[tuple[int, int]]) -> None:
-        """Keeps a completed file's offsets uncommitted while it is being uploaded."""
-        with self._lock:
-            self._pins[instance] = list(pins)
-
-    def done(self, instance: int, offsets: list[tuple[int, list[tuple[int, int]]]]) -> None:
-        """The file is safely in the bucket (or recorded as bad): release its offsets."""
-        with self._lock:
-            self._pins.pop(instance, None)
-            for partition, runs in offsets:
-                done = self._done.setdefault(partition, OffsetRuns())
-                for lo, hi in runs:
-                    done.add(lo, hi)
-
-    def hold(self, instance: int) -> None:
-        """Keeps a failed upload's offsets uncommitted for the rest of the run."""
-        with self._lock:
-            pins = self._pins.pop(instance, None)
-            if pins:
-                self._held[instance] = pins
-
-    def forget(self, partitions: Iterable[int]) -> None:
-        """The partitions were revoked. Pins stay: an upload still running, or one that
-        failed, must keep holding the commit back if the partition comes back to this
-        process (to another of its threads, typically), until it is done or the run ends."""
-        with self._lock:
-            for p in partitions:
-                self._next.pop(p, None)
-                self._done.pop(p, None)
-
-    def next_offsets(self) -> dict[int, int]:
-        with self._lock:
-            return dict(self._next)
-
-    def pinned_partitions(self, instance: int) -> set[int]:
-        with self._lock:
-            return {p for p, _ in self._pins.get(instance, [])}
-
-    def commit_positions(
-        self, partitions: Iterable[int], assembler_pins: dict[int, int]
-    ) -> dict[int, tuple[int, str]]:
-        """``{partition: (offset to commit, metadata)}`` for partitions read so far."""
-        with self._lock:
-            out: dict[int, tuple[int, str]] = {}
-            for p in partitions:
-                if p not in self._next:
-                    continue
-                pos = self._next[p]
-                if p in assembler_pins:
-                    pos = min(pos, assembler_pins[p])
-                for table in (self._pins, self._held):
-                    for pins in table.values():
-                        for pp, off in pins:
-                            if pp == p:
-                                pos = min(pos, off)
-                done = self._done.get(p)
-                meta = ""
-                if done is not None:
-                    done.prune_below(pos)
-                    meta = done.encode(pos, self.topic_id)
-                out[p] = (pos, meta)
-            return out

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from . import _core
 from .config import S3Settings
@@ -95,7 +95,9 @@ def make_client(settings: S3Settings, *, max_connections: int = 16) -> Any:
         s3={"addressing_style": "path", "payload_signing_enabled": False},
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
-        retries={"mode": "standard", "max_attempts": 8},
+        # Few attempts here: the processor retries what can heal itself, for as
+        # long as it takes, with its own back-off (processor/uploads.py).
+        retries={"mode": "standard", "max_attempts": 3},
         max_pool_connections=max_connections,
         connect_timeout=10,
         read_timeout=120,
@@ -136,6 +138,54 @@ def describe_client_error(err: Exception) -> str:
     if isinstance(err, BotoCoreError):
         return f"{type(err).__name__}: {err}"
     return f"{type(err).__name__}: {err}"
+
+
+#: Error codes that say the server is there but cannot serve now, or that the
+#: request should simply be sent again.
+TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "InternalError",
+        "ServiceUnavailable",
+        "BadDigest",
+        "IncompleteBody",
+        "OperationAborted",
+        # Credentials or bucket refused for every key: a configuration problem
+        # the operator fixes. Committing past every file meanwhile would lose them.
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "NoSuchBucket",
+    }
+)
+
+
+def is_transient(err: BaseException) -> bool:
+    """True for failures that can heal without anything changing in the data:
+    the server unreachable or slow, 5xx answers, throttling, refused credentials.
+    False for what retrying cannot fix (access denied on a key, a key too long,
+    an entity too large, a malformed request)."""
+    if isinstance(err, ClientError):
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return code in TRANSIENT_CODES or int(status) >= 500 or int(status) == 429
+    if isinstance(err, ParamValidationError):
+        return False
+    # Connection refused or reset, timeouts, a read cut short: botocore's own errors.
+    return isinstance(err, (BotoCoreError, ConnectionError, TimeoutError, OSError))
+
+
+def error_code(err: BaseException) -> str:
+    if isinstance(err, ClientError):
+        return str(err.response.get("Error", {}).get("Code", ""))
+    return type(err).__name__
 
 
 def check_bucket(client: Any, bucket: str) -> None:

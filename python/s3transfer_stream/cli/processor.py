@@ -4,7 +4,10 @@ reassembled, validated file in an S3 bucket under ``<topic>/<subdir>/<file>``.""
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import TextIO
@@ -15,7 +18,7 @@ from ..config import load_config
 from ..console import Console
 from ..errors import ConfigError, S3TransferStreamError, TransferError
 from ..kafka import partition_count
-from ..pipeline import MiB, ProcessorOptions, S3TransferStreamProcessor
+from ..processor import MiB, ProcessorOptions, S3TransferStreamProcessor, member_id
 from ..s3 import VALIDATE_CHOICES, ObjectStore, check_bucket, make_client
 from .common import (
     EXIT_FAILED,
@@ -126,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--max_buffer_mib",
         type=positive_int,
         default=1024,
-        help="memory (MiB) that files still being received may hold for reassembly; a file that "
-        "would need more (chunks far out of order) fails with a clear error instead",
+        help="memory (MiB) that files still being received may hold for reassembly; when it is "
+        "full, chunks that arrive far out of order wait in Kafka (are read again later) while "
+        "in-order chunks go on",
     )
     p.add_argument(
         "--stall_report_seconds",
@@ -135,6 +139,35 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="report (once, as a warning and with registry status waiting_for_chunks) a file that "
         "got no chunk for this long although every partition this process owns is read to its end",
+    )
+    p.add_argument(
+        "--abandon_seconds",
+        type=non_negative_float,
+        default=900.0,
+        help="give up a file that got no chunk for this long while --abandon_offset_gap newer "
+        "messages arrived in its partitions (its producer stopped): registry status 'abandoned', "
+        "and its offsets are committed past so it cannot hold back the partition for ever",
+    )
+    p.add_argument(
+        "--abandon_offset_gap",
+        type=positive_int,
+        default=1000,
+        help="see --abandon_seconds: how many newer messages must have arrived",
+    )
+    p.add_argument(
+        "--shutdown_grace_seconds",
+        type=non_negative_float,
+        default=30.0,
+        help="on quit, SIGINT or SIGTERM: how long uploads in flight may still finish and be "
+        "committed; what is unfinished then is left uncommitted for the next run",
+    )
+    p.add_argument(
+        "--stale_upload_hours",
+        type=non_negative_float,
+        default=24.0,
+        help="at start, abort open multipart uploads under the topic's prefix that were started "
+        "this long ago and received no part since (left by members that died); the uploads an "
+        "earlier run of this group left open are aborted whatever their age",
     )
     add_logger_args(p, "Default: <output_dir>/LOGS.")
     for name in (
@@ -202,6 +235,10 @@ def options_from_args(args: argparse.Namespace) -> ProcessorOptions:
         max_parts_in_flight=args.max_parts_in_flight,
         max_buffered=args.max_buffer_mib * MiB,
         stall_seconds=args.stall_report_seconds,
+        abandon_seconds=args.abandon_seconds,
+        abandon_offset_gap=args.abandon_offset_gap,
+        shutdown_grace=args.shutdown_grace_seconds,
+        stale_upload_seconds=args.stale_upload_hours * 3600.0,
         validate=args.validate,
         download_regex=args.download_regex,
     )
@@ -234,7 +271,13 @@ def main(argv: list[str] | None = None, *, stdin: TextIO | None = None) -> int:
         return fail(log, str(err), EXIT_USAGE)
     except (TransferError, S3TransferStreamError) as err:
         return fail(log, str(err), EXIT_FAILED)
-    store = ObjectStore(client, options.bucket, validate=options.validate)
+    store = ObjectStore(
+        client,
+        options.bucket,
+        validate=options.validate,
+        group=options.group_id,
+        member=member_id(),
+    )
     processor = S3TransferStreamProcessor(config, options, store)
     console = Console(processor.on_check, alive_seconds=args.update_seconds, stdin=stdin)
     console.start()
@@ -250,7 +293,15 @@ def main(argv: list[str] | None = None, *, stdin: TextIO | None = None) -> int:
     finally:
         processor.shutdown()
         console.restore_signals()
-    return EXIT_FAILED if processor._thread_errors else 0
+    code = EXIT_FAILED if processor._thread_errors else 0
+    stuck = [t for t in threading.enumerate() if t.name.startswith(("s3-part", "s3-finish"))]
+    if any(t.is_alive() for t in stuck):
+        # An S3 call still hanging on the wire: its file is uncommitted and the
+        # registry is written, so nothing is lost by not waiting for it.
+        log.warning("Leaving S3 calls that are still running; their files are re-read next run")
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -1,0 +1,581 @@
+"""Uploads: parts, single PUTs, completion, validation, and what is recorded after.
+
+The uploader acts on the ledger's events. What S3 can heal by itself (the
+server unreachable, timeouts, 5xx, throttling, refused credentials) is retried
+for as long as it takes with capped, jittered exponential back-off, while the
+consumer loops pause at the memory bound (:meth:`Uploader.can_accept`); such a
+file stays owned by the ledger, so nothing is committed past it. What retrying
+cannot fix (access denied on a key, a key S3 refuses, an object that does not
+validate, bad chunk data) is recorded with its reason in the journal and the
+registry, and only then settled, so its offsets are committed past.
+
+Uploads of one key are finished in the order their files completed, so an
+older instance that is slow to upload never overwrites a newer one.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+from botocore.exceptions import ClientError
+
+from .. import _core, failpoints
+from ..journal import JournalEntry, TransferJournal
+from ..registry import ABANDONED, FAILED, MISMATCHED_HASH, StreamRegistry
+from ..s3 import ObjectStore, Validation, describe_client_error, error_code, is_transient
+from ..stale_uploads import OpenUploads
+from .ledger import Ledger
+from .options import ProcessorOptions, Stats, TransferResult
+
+T = TypeVar("T")
+
+#: Back-off between attempts of an S3 call that failed transiently.
+FIRST_DELAY = 0.5
+MAX_DELAY = 20.0
+
+
+class ShuttingDown(Exception):
+    """Raised inside an upload that is given up because the process stops; its
+    file stays unsettled, so its offsets stay uncommitted."""
+
+
+class S3Health:
+    """Whether S3 answers, since when it does not, and the last reason."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self._log = log
+        self._lock = threading.Lock()
+        self.down_since: float | None = None
+        self.down_since_wall: datetime | None = None
+        self.last_error = ""
+        self._last_report = 0.0
+        self.waiting: Callable[[], int] = lambda: 0
+
+    @property
+    def reachable(self) -> bool:
+        return self.down_since is None
+
+    def failed(self, what: str, err: BaseException) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.last_error = f"{what}: {describe_client_error(err)}"  # type: ignore[arg-type]
+            first = self.down_since is None
+            if first:
+                self.down_since = now
+                self.down_since_wall = datetime.now().replace(microsecond=0)
+            if first or now - self._last_report >= 30.0:
+                self._last_report = now
+                since = self.down_since_wall.isoformat(sep=" ") if self.down_since_wall else "?"
+                self._log.warning(
+                    f"S3 unreachable since {since} ({self.last_error}); {self.waiting()} file(s) "
+                    "waiting, retrying with back-off; nothing is committed past them"
+                )
+
+    def ok(self) -> None:
+        if self.down_since is None:
+            return
+        with self._lock:
+            if self.down_since is None:
+                return
+            took = time.monotonic() - self.down_since
+            self.down_since = self.down_since_wall = None
+        self._log.info(f"S3 reachable again after {took:.0f} s; uploads go on")
+
+    def describe(self) -> str:
+        if self.down_since is None:
+            return "S3 reachable"
+        since = self.down_since_wall.isoformat(sep=" ") if self.down_since_wall else "?"
+        return f"S3 unreachable since {since}: {self.last_error}"
+
+
+@dataclass
+class FileUpload:
+    """Upload state of one file instance (as numbered by the ledger)."""
+
+    info: _core.FileInfo
+    key: str
+    first_message: datetime
+    # Parts of a file spread over partitions can arrive on two consumer threads at once.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    upload_id: str | None = None
+    parts: list[Future[dict[str, Any] | None]] = field(default_factory=list)
+    error: str | None = None
+    ignored: bool = False
+    offsets: list[tuple[int, list[tuple[int, int]]]] = field(default_factory=list)
+    #: Set once this instance's upload is finished one way or another; the next
+    #: instance of the same key waits for it before writing.
+    finished: threading.Event = field(default_factory=threading.Event)
+    after: FileUpload | None = None
+    state: str = "receiving"
+
+
+class Uploader:
+    def __init__(
+        self,
+        *,
+        options: ProcessorOptions,
+        store: ObjectStore,
+        ledger: Ledger,
+        journal: TransferJournal,
+        registry: StreamRegistry,
+        stats: Stats,
+        log: logging.Logger,
+        open_uploads: OpenUploads | None = None,
+    ) -> None:
+        self.o = options
+        self.store = store
+        self.ledger = ledger
+        self.journal = journal
+        self.registry = registry
+        self.stats = stats
+        self.log = log
+        self.open_uploads = open_uploads
+        self.health = S3Health(log)
+        self.health.waiting = self.n_waiting
+        self.stopping = threading.Event()
+        self._uploads: dict[int, FileUpload] = {}
+        self._lock = threading.Lock()
+        self._last_of_key: dict[str, FileUpload] = {}
+        self._backlog = 0
+        self._part_pool = ThreadPoolExecutor(
+            options.max_parts_in_flight, thread_name_prefix="s3-part"
+        )
+        self._finish_pool = ThreadPoolExecutor(
+            options.finish_workers, thread_name_prefix="s3-finish"
+        )
+        #: Files whose upload cannot go on in this run (e.g. the multipart upload
+        #: vanished): kept pinned, and listed by ``check``.
+        self.held: dict[int, tuple[str, str]] = {}
+        self.abandoned: list[str] = []
+        self.topic_id = ledger.topic_id
+
+    # -- what the consumer loops ask --------------------------------------------
+
+    def can_accept(self) -> bool:
+        """False while the bytes handed over for upload are at the memory bound."""
+        return self._backlog < self.o.max_parts_in_flight
+
+    def n_waiting(self) -> int:
+        with self._lock:
+            return sum(fu.state in ("uploading", "finishing") for fu in self._uploads.values())
+
+    def uploads(self) -> list[FileUpload]:
+        with self._lock:
+            return list(self._uploads.values())
+
+    def busy(self) -> bool:
+        with self._lock:
+            return any(fu.state in ("uploading", "finishing") for fu in self._uploads.values())
+
+    # -- events ---------------------------------------------------------------------
+
+    def handle(self, events: list[_core.Event]) -> None:
+        for ev in events:
+            if isinstance(ev, _core.PartReady):
+                self._on_part(ev)
+            elif isinstance(ev, _core.FileStarted):
+                self._on_started(ev)
+            elif isinstance(ev, _core.FileComplete):
+                self._on_complete(ev)
+            elif isinstance(ev, _core.FileFailed):
+                self._on_failed(ev)
+            elif isinstance(ev, _core.FileSuperseded):
+                self._on_superseded(ev)
+            elif isinstance(ev, _core.MessageRejected):
+                self.log.error(
+                    f"Skipping message at {self.o.topic}[{ev.partition}]@{ev.offset}: {ev.reason}"
+                )
+
+    def _key(self, info: _core.FileInfo) -> str:
+        return f"{self.o.topic}/{info.rel_output_path}"
+
+    def _get(self, info: _core.FileInfo) -> FileUpload:
+        with self._lock:
+            fu = self._uploads.get(info.instance)
+            if fu is None:
+                fu = FileUpload(info=info, key=self._key(info), first_message=datetime.now())
+                self._uploads[info.instance] = fu
+            return fu
+
+    def _pop(self, instance: int) -> FileUpload | None:
+        with self._lock:
+            return self._uploads.pop(instance, None)
+
+    def _on_started(self, ev: _core.FileStarted) -> None:
+        info = ev.file
+        fu = self._get(info)
+        rx = self.o.download_regex
+        if rx is not None and not rx.match(info.rel_path):
+            fu.ignored = True
+            return
+        if info.echo:
+            # Possibly stray duplicates of a file already transferred: it is
+            # recorded only if it completes (then it was really produced again).
+            return
+        self.registry.register_in_progress(info.rel_path, info.filename, info.n_chunks)
+
+    def _on_part(self, ev: _core.PartReady) -> None:
+        fu = self._get(ev.file)
+        if fu.ignored:
+            return
+        fu.state = "uploading"
+        with self._lock:
+            self._backlog += 1
+        try:
+            fut = self._part_pool.submit(
+                self._upload_part, fu, ev.part_number, ev.data, ev.crc64nvme
+            )
+        except BaseException:
+            with self._lock:
+                self._backlog -= 1
+            raise
+        with fu.lock:
+            fu.parts.append(fut)
+
+    def _on_complete(self, ev: _core.FileComplete) -> None:
+        info = ev.file
+        fu = self._get(info)
+        fu.offsets = ev.offsets
+        if fu.ignored:
+            self._pop(info.instance)
+            self.ledger.settle(info.instance)
+            return
+        fu.state = "finishing"
+        with self._lock:
+            # Completion order is the order the key is written in.
+            fu.after = self._last_of_key.get(fu.key)
+            self._last_of_key[fu.key] = fu
+            if ev.data is not None:
+                self._backlog += 1
+        if ev.data is not None:
+            self._finish_pool.submit(self._finish_single, fu, ev.data, ev.size, ev.crc64nvme)
+        else:
+            self._finish_pool.submit(self._finish_multipart, fu, ev.size, ev.crc64nvme, ev.parts)
+
+    def _on_failed(self, ev: _core.FileFailed) -> None:
+        info = ev.file
+        fu = self._pop(info.instance) or FileUpload(
+            info=info, key=self._key(info), first_message=datetime.now()
+        )
+        fu.offsets = ev.offsets
+        if fu.ignored:
+            self.ledger.settle(info.instance)
+            return
+        if fu.upload_id:
+            self._finish_pool.submit(self._abort, fu)
+        status = MISMATCHED_HASH if ev.hash_mismatch else FAILED
+        self.log.error(
+            f"File {info.rel_output_path} cannot be reassembled ({status}): {ev.reason}; "
+            "nothing was stored"
+        )
+        # Reading the same bad bytes again cannot help: record, then commit past.
+        self._give_up(fu, status, ev.reason)
+
+    def _on_superseded(self, ev: _core.FileSuperseded) -> None:
+        fu = self._pop(ev.file.instance)
+        self.log.info(
+            f"A newer version of {ev.file.rel_output_path} completed; the one being received is "
+            "not needed"
+        )
+        if fu is not None:
+            fu.finished.set()
+            if fu.upload_id:
+                self._finish_pool.submit(self._abort, fu)
+
+    # -- S3 calls with retries ------------------------------------------------------
+
+    def _retry(self, what: str, call: Callable[[], T]) -> T:
+        delay = FIRST_DELAY
+        while True:
+            if self.stopping.is_set():
+                raise ShuttingDown(what)
+            try:
+                result = call()
+            except Exception as err:
+                if not is_transient(err):
+                    raise
+                self.health.failed(what, err)
+                if self.stopping.wait(delay * random.uniform(0.5, 1.0)):
+                    raise ShuttingDown(what) from err
+                delay = min(delay * 2, MAX_DELAY)
+                continue
+            self.health.ok()
+            return result
+
+    def _upload_part(
+        self, fu: FileUpload, number: int, data: Any, crc: int
+    ) -> dict[str, Any] | None:
+        try:
+            with fu.lock:
+                if fu.upload_id is None and fu.error is None:
+                    try:
+                        fu.upload_id = self._retry(
+                            f"starting the multipart upload of {fu.key}",
+                            lambda: self.store.start_multipart(fu.key),
+                        )
+                        if self.open_uploads is not None:
+                            self.open_uploads.started(fu.key, fu.upload_id, bucket=self.o.bucket)
+                    except ShuttingDown:
+                        raise
+                    except Exception as err:
+                        fu.error = (
+                            f"starting the multipart upload failed: {describe_client_error(err)}"  # type: ignore[arg-type]
+                        )
+                if fu.error or fu.upload_id is None:
+                    return None
+                upload_id = fu.upload_id
+            result = self._retry(
+                f"uploading part {number} of {fu.key}",
+                lambda: self.store.upload_part(fu.key, upload_id, number, data, crc),
+            )
+            failpoints.hit("part_uploaded")
+            return result
+        finally:
+            data = None  # the part's memory goes as soon as it is sent
+            with self._lock:
+                self._backlog -= 1
+
+    def _wait_turn(self, fu: FileUpload) -> None:
+        """Waits until the instance of the same key that completed before this one
+        has finished writing, so the newer one is written last."""
+        prev = fu.after
+        while prev is not None and not prev.finished.wait(0.2):
+            if self.stopping.is_set():
+                raise ShuttingDown(fu.key)
+        fu.after = None
+
+    def _done_with(self, fu: FileUpload) -> None:
+        fu.finished.set()
+        with self._lock:
+            if self._last_of_key.get(fu.key) is fu:
+                del self._last_of_key[fu.key]
+
+    def _finish_single(self, fu: FileUpload, data: Any, size: int, crc: int) -> None:
+        try:
+            try:
+                self._wait_turn(fu)
+                sent = self._retry(
+                    f"PUT of {fu.key}", lambda: self.store.put(fu.key, data, crc64nvme=crc)
+                )
+            finally:
+                data = None
+                with self._lock:
+                    self._backlog -= 1
+            self._validated(fu, size, sent, parts=0)
+        except ShuttingDown:
+            self.log.info(f"Stopping: {fu.info.rel_output_path} is left for the next run")
+        except Exception as err:
+            self._upload_failed(fu, f"PUT failed: {describe_client_error(err)}", err)  # type: ignore[arg-type]
+        finally:
+            self._done_with(fu)
+
+    def _finish_multipart(self, fu: FileUpload, size: int, crc: int, n_parts: int) -> None:
+        try:
+            # Another consumer thread may still be handing over the file's last part.
+            while len(fu.parts) < n_parts and not fu.error:
+                if self.stopping.wait(0.005):
+                    raise ShuttingDown(fu.key)
+            wait(fu.parts)
+            errors = [f.exception() for f in fu.parts if f.exception() is not None]
+            if any(isinstance(e, ShuttingDown) for e in errors):
+                raise ShuttingDown(fu.key)
+            if fu.error or errors:
+                reason = fu.error or f"uploading a part failed: {describe_client_error(errors[0])}"  # type: ignore[arg-type]
+                self._abort(fu)
+                self._upload_failed(fu, reason, errors[0] if errors else None)
+                return
+            upload_id = fu.upload_id
+            assert upload_id is not None
+            parts = [p for p in (f.result() for f in fu.parts) if p is not None]
+            self._wait_turn(fu)
+            failpoints.hit("before_complete")
+            attempts = 0
+
+            def complete() -> dict[str, str]:
+                nonlocal attempts
+                attempts += 1
+                try:
+                    return self.store.complete_multipart(fu.key, upload_id, parts, crc)
+                except ClientError as err:
+                    # A retried completion whose first attempt did complete: the
+                    # validation below checks the object that is there.
+                    if attempts > 1 and error_code(err) == "NoSuchUpload":
+                        return {"ChecksumCRC64NVME": ""}
+                    raise
+
+            sent = self._retry(f"completing the multipart upload of {fu.key}", complete)
+            if sent.get("ChecksumCRC64NVME") == "":
+                sent = {}
+            if self.open_uploads is not None:
+                self.open_uploads.ended(upload_id)
+            self._validated(fu, size, sent, parts=len(parts))
+        except ShuttingDown:
+            self.log.info(f"Stopping: {fu.info.rel_output_path} is left for the next run")
+        except Exception as err:
+            self._abort(fu)
+            self._upload_failed(
+                fu,
+                f"completing the multipart upload failed: {describe_client_error(err)}",  # type: ignore[arg-type]
+                err,
+            )
+        finally:
+            self._done_with(fu)
+
+    def _abort(self, fu: FileUpload) -> None:
+        if fu.upload_id is None:
+            return
+        self.store.abort_multipart(fu.key, fu.upload_id)
+        if self.open_uploads is not None:
+            self.open_uploads.ended(fu.upload_id)
+
+    def _validated(self, fu: FileUpload, size: int, sent: dict[str, str], parts: int) -> None:
+        info = fu.info
+        failpoints.hit("uploaded")
+        v: Validation
+        try:
+            v = self._retry(
+                f"reading back {fu.key}",
+                lambda: self.store.validate_object(fu.key, size, sent, info.file_hash),
+            )
+        except ShuttingDown:
+            raise
+        except Exception as err:
+            v = Validation(
+                False,
+                "error",
+                f"could not read back the object: {describe_client_error(err)}",  # type: ignore[arg-type]
+            )
+        if not v.ok:
+            self._upload_failed(fu, f"validation failed: {v.text}", None)
+            return
+        failpoints.hit("validated")
+        entry = JournalEntry(
+            rel_path=info.rel_path,
+            filename=info.filename,
+            n_chunks=info.n_chunks,
+            key=fu.key,
+            size=size,
+            first_message=fu.first_message,
+            processed_at=datetime.now().replace(microsecond=0),
+            offsets=fu.offsets,
+            topic_id=self.topic_id,
+        )
+        self.journal.append(entry)
+        self.registry.register_processed(
+            info.rel_path,
+            info.filename,
+            info.n_chunks,
+            fu.first_message,
+            processed_at=entry.processed_at,
+        )
+        failpoints.hit("registered")
+        self._pop(info.instance)
+        self.ledger.settle(info.instance)
+        self.stats.transferred(TransferResult(info.rel_output_path, fu.key, size, parts, v.text))
+        how = f"{parts} parts" if parts else "single PUT"
+        self.log.info(
+            f"Transferred {info.rel_output_path} -> s3://{self.o.bucket}/{fu.key} ({size} bytes, {how}); validated: {v.text}"
+        )
+
+    def _upload_failed(self, fu: FileUpload, reason: str, err: BaseException | None) -> None:
+        info = fu.info
+        if err is not None and error_code(err) == "NoSuchUpload":
+            # The multipart upload vanished (aborted by someone else): its parts are
+            # gone from memory too, so only reading the file again can help. Keep it
+            # pinned; the next run re-reads it.
+            self.log.error(
+                f"Cannot finish {info.rel_output_path} -> s3://{self.o.bucket}/{fu.key}: {reason}; "
+                "it stays uncommitted and is transferred again by the next run"
+            )
+            self.held[info.instance] = (info.rel_output_path, reason)
+            self.registry.register_failed(
+                info.rel_path, info.filename, info.n_chunks, status=FAILED
+            )
+            fu.state = "held"
+            return
+        self.log.error(
+            f"Failed to transfer {info.rel_output_path} to s3://{self.o.bucket}/{fu.key}: {reason}; "
+            "recorded as failed and committed past (send the file again to retry it)"
+        )
+        self._give_up(fu, FAILED, reason)
+
+    def _give_up(self, fu: FileUpload, status: str, reason: str) -> None:
+        """Records a file that will not be transferred, durably, then settles it."""
+        info = fu.info
+        self.journal.append(
+            JournalEntry(
+                rel_path=info.rel_path,
+                filename=info.filename,
+                n_chunks=info.n_chunks,
+                key=fu.key,
+                size=0,
+                first_message=fu.first_message,
+                processed_at=datetime.now().replace(microsecond=0),
+                offsets=fu.offsets,
+                topic_id=self.topic_id,
+                outcome=status,
+                reason=reason,
+            )
+        )
+        self.registry.register_failed(info.rel_path, info.filename, info.n_chunks, status=status)
+        self._pop(info.instance)
+        self.ledger.settle(info.instance)
+        if status == ABANDONED:
+            self.stats.add(files_abandoned=1)
+            self.abandoned.append(info.rel_output_path)
+            del self.abandoned[:-50]
+        else:
+            self.stats.add(files_failed=1)
+
+    def abandon(self, info: _core.FileInfo, why: str) -> None:
+        """The ledger gave the file up (its producer stopped): record it and settle."""
+        fu = self._pop(info.instance) or FileUpload(
+            info=info, key=self._key(info), first_message=datetime.now()
+        )
+        if fu.upload_id:
+            self._finish_pool.submit(self._abort, fu)
+        fu.offsets = []
+        if info.echo or fu.ignored:
+            self.ledger.settle(info.instance)
+            return
+        self.log.warning(f"Giving up {info.rel_output_path}: {why}; recorded as {ABANDONED}")
+        self._give_up(fu, ABANDONED, why)
+
+    def revoked(self, dropped: list[_core.FileInfo]) -> None:
+        for info in dropped:
+            fu = self._pop(info.instance)
+            if fu is not None and fu.upload_id:
+                self._finish_pool.submit(self._abort, fu)
+
+    # -- shutdown ---------------------------------------------------------------------
+
+    def stop(self, grace: float) -> None:
+        """Lets uploads in flight finish for up to ``grace`` seconds, then gives
+        up the rest (unsettled: their offsets stay uncommitted)."""
+        deadline = time.monotonic() + grace
+        while self.busy() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.stopping.set()
+        self._part_pool.shutdown(wait=False, cancel_futures=True)
+        self._finish_pool.shutdown(wait=False, cancel_futures=True)
+        # Calls already on the wire end within botocore's timeouts.
+        end = time.monotonic() + 15
+        for t in threading.enumerate():
+            if t.name.startswith(("s3-part", "s3-finish")):
+                t.join(max(0.0, end - time.monotonic()))
+        leftovers = self.uploads()
+        with self._lock:
+            self._uploads.clear()
+        for fu in leftovers:
+            # Unfinished files: their offsets stay uncommitted, so the next run
+            # reads them again; an open multipart upload would only be garbage.
+            if fu.upload_id and self.health.reachable:
+                self._abort(fu)
