@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Producer
+from faultproxy import FaultProxy
 from s3transfer_stream import _core
 from s3transfer_stream.kafka import file_partition
 
@@ -182,116 +183,23 @@ def read_object(client: Any, bucket: str, key: str) -> bytes:
     return body
 
 
-class S3Proxy:
-    """A TCP proxy in front of the S3 server that can be switched to refuse writes.
+class S3Proxy(FaultProxy):
+    """The fault proxy (``tests/faultproxy.py``) under the name older tests use.
 
-    In ``deny`` mode every request gets an S3 ``AccessDenied`` (HTTP 403) answer, as
-    a bucket whose policy forbids writing would give; botocore does not retry it.
+    ``deny()`` answers every request with an S3 ``AccessDenied`` (HTTP 403), as a bucket
+    whose policy forbids writing would, including on connections already open;
+    botocore does not retry it. ``allow()`` passes again; ``denied`` counts the answers.
     """
 
-    def __init__(self, target_port: int) -> None:
-        import socket
-        import threading
 
-        self.target = ("127.0.0.1", target_port)
-        self.mode = "pass"
-        self.denied = 0
-        self._open: list[Any] = []
-        self._sock = socket.socket()
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(64)
-        self.port = self._sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
+def committed_offsets(bootstrap: str, topic: str, group: str) -> dict[int, int]:
+    """The group's committed offset of each partition of ``topic`` that has one."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import AdminClient
+    from s3transfer_stream.kafka import partition_count
 
-    def _accept(self) -> None:
-        import threading
-
-        while not self._closed:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: Any) -> None:
-        import socket
-        import threading
-
-        if self.mode == "deny":
-            self._deny(conn)
-            return
-        upstream = socket.create_connection(self.target)
-        self._open += [conn, upstream]
-
-        def pump(src: Any, dst: Any) -> None:
-            try:
-                while data := src.recv(1 << 16):
-                    dst.sendall(data)
-            except OSError:
-                pass
-            finally:
-                for s in (src, dst):
-                    try:
-                        s.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-
-        threading.Thread(target=pump, args=(upstream, conn), daemon=True).start()
-        pump(conn, upstream)
-
-    def _deny(self, conn: Any) -> None:
-        try:
-            while True:
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    data = conn.recv(1 << 16)
-                    if not data:
-                        return
-                    head += data
-                header, _, rest = head.partition(b"\r\n\r\n")
-                length = 0
-                for line in header.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value.strip())
-                while len(rest) < length:
-                    data = conn.recv(1 << 16)
-                    if not data:
-                        return
-                    rest += data
-                body = (
-                    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
-                    b"<Message>Access Denied (test proxy)</Message></Error>"
-                )
-                conn.sendall(
-                    b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\n"
-                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
-                    + body
-                )
-                self.denied += 1
-        except OSError:
-            return
-        finally:
-            conn.close()
-
-    def deny(self) -> None:
-        """Refuses from now on, including on connections already open (kept alive by boto3)."""
-        import socket
-
-        self.mode = "deny"
-        for s in self._open:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self._open.clear()
-
-    def allow(self) -> None:
-        self.mode = "pass"
-
-    def close(self) -> None:
-        self._closed = True
-        self._sock.close()
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    n = partition_count(admin, topic, bootstrap=bootstrap)
+    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in range(n)])
+    result = admin.list_consumer_group_offsets([request])[group].result(timeout=30)
+    return {tp.partition: tp.offset for tp in result.topic_partitions if tp.offset >= 0}
