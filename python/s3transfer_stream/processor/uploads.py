@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
@@ -106,6 +106,7 @@ class FileUpload:
     # Parts of a file spread over partitions can arrive on two consumer threads at once.
     lock: threading.Lock = field(default_factory=threading.Lock)
     upload_id: str | None = None
+    upload_started: datetime | None = None
     parts: list[Future[dict[str, Any] | None]] = field(default_factory=list)
     error: str | None = None
     ignored: bool = False
@@ -317,6 +318,7 @@ class Uploader:
             with fu.lock:
                 if fu.upload_id is None and fu.error is None:
                     try:
+                        fu.upload_started = datetime.now(UTC)
                         fu.upload_id = self._retry(
                             f"starting the multipart upload of {fu.key}",
                             lambda: self.store.start_multipart(fu.key),
@@ -417,6 +419,8 @@ class Uploader:
             if self.open_uploads is not None:
                 self.open_uploads.ended(upload_id)
             self._validated(fu, size, sent, parts=len(parts))
+            if fu.upload_started is not None:
+                self._abort_older_uploads(fu.key, upload_id, fu.upload_started)
         except ShuttingDown:
             self.log.info(f"Stopping: {fu.info.rel_output_path} is left for the next run")
         except Exception as err:
@@ -428,6 +432,27 @@ class Uploader:
             )
         finally:
             self._done_with(fu)
+
+    def _abort_older_uploads(self, key: str, ours: str, started: datetime) -> None:
+        """Aborts open multipart uploads of ``key`` started no later than ours: those
+        of a member that died (or lost the partition) while uploading the same
+        file, which this member has now transferred. Their owner, if it still
+        runs, gets ``NoSuchUpload`` and leaves the file to be read again."""
+        try:
+            listing = self.store.client.list_multipart_uploads(Bucket=self.o.bucket, Prefix=key)
+        except Exception as err:
+            self.log.debug(f"Could not list open uploads of {key}: {describe_client_error(err)}")  # type: ignore[arg-type]
+            return
+        own = {u.upload_id for u in self.open_uploads.open_now()} if self.open_uploads else set()
+        own.add(ours)
+        for u in listing.get("Uploads", []):
+            if u.get("Key") != key or u["UploadId"] in own or u["Initiated"] >= started:
+                continue
+            self.log.info(
+                f"Aborting the multipart upload {u['UploadId']} of {key} left by another member "
+                "(this one transferred the file)"
+            )
+            self.store.abort_multipart(key, u["UploadId"])
 
     def _abort(self, fu: FileUpload) -> None:
         if fu.upload_id is None:
