@@ -50,20 +50,34 @@ KILLS: list[tuple[str, float]] = [
 ]
 
 
-def make_files(rng: random.Random) -> dict[str, bytes]:
+#: Spread files and two consumer threads: fewer points, the same checks.
+SPREAD_KILLS: list[tuple[str, float]] = [
+    ("part_uploaded", 2),
+    ("validated", 2),
+    ("registered", 2),
+    ("commit", 2),
+    ("before_complete", 1),
+    ("batch", 3),
+    ("external", 0.5),
+]
+
+
+def make_files(rng: random.Random, n_big: int = 12, n_small: int = 200) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
-    for i in range(12):
+    for i in range(n_big):
         files[f"big/part_{i}.bin"] = rng.randbytes(11 * 2**20 + rng.randrange(2**20))
-    for i in range(200):
+    for i in range(n_small):
         size = rng.choice([0, 1, 100, CHUNK, 2 * CHUNK, rng.randrange(1, 3 * CHUNK)])
         files[f"d{i % 7}/f_{i:03d}.dat"] = rng.randbytes(size)
     return files
 
 
 def produce_recording_offsets(
-    bootstrap: str, topic: str, root: Path, rels: list[str]
+    bootstrap: str, topic: str, root: Path, rels: list[str], spread: random.Random | None = None
 ) -> dict[str, list[tuple[int, int]]]:
-    """Produces every file (file-affine) and returns rel -> [(partition, offset)] of its chunks."""
+    """Produces every file (file-affine, or with each chunk on a random partition as
+    OpenMSIStream's producers do when ``spread`` is given) and returns
+    rel -> [(partition, offset)] of its chunks."""
     p = Producer(
         {"bootstrap.servers": bootstrap, "message.max.bytes": "67108864", "linger.ms": "20"}
     )
@@ -82,6 +96,8 @@ def produce_recording_offsets(
     for rel in rels:
         part = file_partition(rel, PARTITIONS)
         for key, value in encoded_chunks(root, rel):
+            if spread is not None:
+                part = spread.randrange(PARTITIONS)
             while True:
                 try:
                     p.produce(topic, key=key, value=value, partition=part, on_delivery=report(rel))
@@ -136,17 +152,27 @@ def journaled(out: Path, topic: str, group: str) -> set[str]:
     return rels
 
 
+@pytest.mark.parametrize("layout", ["affine-1-thread", "spread-2-threads"])
 def test_crash_matrix_loses_nothing_and_rereads_little(
-    tmp_path: Path, new_topic: Any, new_bucket: Any, s3_client: Any, kafka_bootstrap: str
+    tmp_path: Path,
+    new_topic: Any,
+    new_bucket: Any,
+    s3_client: Any,
+    kafka_bootstrap: str,
+    layout: str,
 ) -> None:
+    spread = layout.startswith("spread")
     rng = random.Random(4)
-    files = make_files(rng)
+    files = make_files(rng, 4, 80) if spread else make_files(rng)
+    kill_points = SPREAD_KILLS if spread else KILLS
     src = tmp_path / "src"
     write_tree(src, files)
     topic = new_topic(partitions=PARTITIONS)
     bucket = new_bucket()
     rels = list(files)
-    offsets = produce_recording_offsets(kafka_bootstrap, topic, src, rels)
+    offsets = produce_recording_offsets(
+        kafka_bootstrap, topic, src, rels, random.Random(7) if spread else None
+    )
     group = f"crash-{uuid.uuid4().hex[:8]}"
     out = tmp_path / "out"
     expected = {f"{topic}/{rel}": len(data) for rel, data in files.items()}
@@ -156,7 +182,7 @@ def test_crash_matrix_loses_nothing_and_rereads_little(
         "--part_size",
         "5",
         "--n_threads",
-        "1",
+        "2" if spread else "1",
         "--max_parts_in_flight",
         "1",
         "--logger_stream_level",
@@ -166,7 +192,7 @@ def test_crash_matrix_loses_nothing_and_rereads_little(
     kills = 0
     reports: list[str] = []
     previous_log = ""
-    for n, (point, arg) in enumerate(KILLS):
+    for n, (point, arg) in enumerate(kill_points):
         done_before = journaled(out, topic, group)
         env = dict(os.environ)
         if point != "external":
@@ -273,4 +299,5 @@ def test_crash_matrix_loses_nothing_and_rereads_little(
     )
     assert in_progress == []
     assert not list(logs.glob(".*.tmp"))
-    assert kills >= 10, f"only {kills} runs were killed:\n" + "\n".join(reports)
+    want = len(kill_points) - 3
+    assert kills >= want, f"only {kills} runs were killed:\n" + "\n".join(reports)
