@@ -464,6 +464,7 @@ pub struct Progress {
 type InProgress = (Py<FileInfo>, u64, u64, Vec<i32>);
 type Batch = (Vec<Py<PyAny>>, usize, Vec<(i32, i64)>);
 type Commit = (i32, i64, Vec<(i64, i64)>);
+type Abandoned = (Py<FileInfo>, Vec<(i32, Vec<(i64, i64)>)>);
 
 #[pyclass(frozen, module = "s3transfer_stream._core")]
 pub struct Assembler {
@@ -560,8 +561,8 @@ impl Assembler {
     }
 
     /// Gives up a file still being received; it stays owned until settled.
-    fn abandon(&self, py: Python<'_>, instance: u64) -> PyResult<Option<Py<FileInfo>>> {
-        self.inner.abandon(instance).map(|(f, _)| file_info(py, &f)).transpose()
+    fn abandon(&self, py: Python<'_>, instance: u64) -> PyResult<Option<Abandoned>> {
+        self.inner.abandon(instance).map(|(f, runs)| Ok((file_info(py, &f)?, runs))).transpose()
     }
 
     /// The partition was assigned with this committed offset (-1 for none) and

@@ -331,8 +331,11 @@ class Assembler:
         whose messages were deferred for lack of memory: read again from there."""
     def settle(self, instance: int) -> bool:
         """The instance is durably done or given up: its offsets may be committed past."""
-    def abandon(self, instance: int) -> FileInfo | None:
-        """Gives up a file being received; it stays owned until settled."""
+    def abandon(
+        self, instance: int
+    ) -> tuple[FileInfo, list[tuple[int, list[tuple[int, int]]]]] | None:
+        """Gives up a file being received (returned with its offsets); it stays
+        owned until settled."""
     def assigned(
         self, partition: int, committed: int, done_above: Sequence[tuple[int, int]]
     ) -> int:

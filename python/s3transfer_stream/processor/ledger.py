@@ -34,7 +34,9 @@ class Ledger:
     def settle(self, instance: int) -> bool:
         return self.core.settle(instance)
 
-    def abandon(self, instance: int) -> _core.FileInfo | None:
+    def abandon(
+        self, instance: int
+    ) -> tuple[_core.FileInfo, list[tuple[int, list[tuple[int, int]]]]] | None:
         return self.core.abandon(instance)
 
     def skip_offsets(self, partition: int, runs: Iterable[tuple[int, int]]) -> None:

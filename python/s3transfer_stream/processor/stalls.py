@@ -114,9 +114,9 @@ class StallMonitor:
         self._pin_reported &= live
 
     def _abandon(self, instance: int, why: str) -> None:
-        info = self.ledger.abandon(instance)
-        if info is not None:
-            self.uploader.abandon(info, why)
+        found = self.ledger.abandon(instance)
+        if found is not None:
+            self.uploader.abandon(*found, why)
 
     def _report_waiting(
         self,

@@ -560,14 +560,16 @@ class Uploader:
         else:
             self.stats.add(files_failed=1)
 
-    def abandon(self, info: _core.FileInfo, why: str) -> None:
+    def abandon(
+        self, info: _core.FileInfo, offsets: list[tuple[int, list[tuple[int, int]]]], why: str
+    ) -> None:
         """The ledger gave the file up (its producer stopped): record it and settle."""
         fu = self._pop(info.instance) or FileUpload(
             info=info, key=self._key(info), first_message=datetime.now()
         )
         if fu.upload_id:
             self._finish_pool.submit(self._abort, fu)
-        fu.offsets = []
+        fu.offsets = offsets
         if info.echo or fu.ignored:
             self.ledger.settle(info.instance)
             return

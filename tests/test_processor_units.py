@@ -1,0 +1,238 @@
+"""The processor's lifecycle logic without a broker or a server: the ledger, the
+uploader over an object store that fails on purpose, and a consumer loop over a
+consumer that answers commits as told."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+from confluent_kafka import KafkaError, TopicPartition
+from s3transfer_stream import _core
+from s3transfer_stream.journal import TransferJournal
+from s3transfer_stream.processor import uploads as uploads_module
+from s3transfer_stream.processor.ledger import Ledger
+from s3transfer_stream.processor.loop import ConsumerLoop, consumer_settings
+from s3transfer_stream.processor.options import ProcessorOptions, Stats
+from s3transfer_stream.processor.uploads import Uploader
+from s3transfer_stream.registry import StreamRegistry
+from s3transfer_stream.s3 import Validation
+
+LOG = logging.getLogger("test-units")
+
+
+def chunks(name: str, data: bytes, size: int) -> list[bytes]:
+    pieces = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+    fh = hashlib.sha512(data).digest()
+    out, off = [], 0
+    for i, d in enumerate(pieces):
+        out.append(
+            _core.encode_chunk(
+                name, fh, hashlib.sha512(d).digest(), off, i + 1, len(pieces), "", "", d, 1.0
+            )
+        )
+        off += len(d)
+    return out
+
+
+class FakeStore:
+    """Stores objects in a dict; ``faults`` is a list of exceptions raised by the
+    next PUTs, one each."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.faults: list[Exception] = []
+        self.calls = 0
+        self.client = None
+
+    def put(self, key: str, data: Any, *, crc64nvme: int) -> dict[str, str]:
+        self.calls += 1
+        if self.faults:
+            raise self.faults.pop(0)
+        self.objects[key] = bytes(memoryview(data))
+        return {}
+
+    def validate_object(self, key: str, size: int, sent: Any, sha512: bytes) -> Validation:
+        ok = hashlib.sha512(self.objects[key]).digest() == sha512
+        return Validation(ok, "sha512-reread", "fake")
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        pass
+
+
+def denied() -> ClientError:
+    return ClientError(
+        {
+            "Error": {"Code": "AccessDenied", "Message": "no"},
+            "ResponseMetadata": {"HTTPStatusCode": 403},
+        },
+        "PutObject",
+    )
+
+
+def unavailable() -> ClientError:
+    return ClientError(
+        {"Error": {"Code": "ServiceUnavailable"}, "ResponseMetadata": {"HTTPStatusCode": 503}},
+        "PutObject",
+    )
+
+
+@pytest.fixture
+def parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setattr(uploads_module, "FIRST_DELAY", 0.01)
+    options = ProcessorOptions(bucket="b", topic="t", group_id="g", output_dir=tmp_path)
+    store = FakeStore()
+    ledger = Ledger(5 << 20, 64 << 20)
+    journal = TransferJournal(tmp_path, "t", "g")
+    registry = StreamRegistry(tmp_path, "t", "g")
+    up = Uploader(
+        options=options,
+        store=store,  # type: ignore[arg-type]
+        ledger=ledger,
+        journal=journal,
+        registry=registry,
+        stats=Stats(),
+        log=LOG,
+    )
+    yield store, ledger, up, journal
+    up.stop(grace=5)
+    registry.close()
+    journal.close()
+
+
+def wait_until(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_transient_errors_are_retried_until_the_file_lands_and_only_then_committed(
+    parts: Any,
+) -> None:
+    store, ledger, up, journal = parts
+    store.faults = [EndpointConnectionError(endpoint_url="http://x"), unavailable(), unavailable()]
+    msgs = chunks("a.dat", b"x" * 1000, 300)
+    ledger.assigned(0, 0, None)
+    events, _, _ = ledger.feed([(0, i, m) for i, m in enumerate(msgs)])
+    up.handle(events)
+    wait_until(lambda: "t/a.dat" in store.objects)
+    wait_until(lambda: ledger.commit_offsets([0]) == [(0, len(msgs), "")])
+    assert store.calls == 4
+    assert up.health.reachable
+    assert [e.outcome for e in TransferJournal(journal.path.parent, "t", "g").entries] == [
+        "transferred"
+    ]
+
+
+def test_a_permanent_error_is_recorded_then_committed_past(parts: Any) -> None:
+    store, ledger, up, journal = parts
+    store.faults = [denied()]
+    msgs = chunks("b.dat", b"y" * 10, 300)
+    ledger.assigned(0, 0, None)
+    events, _, _ = ledger.feed([(0, 0, msgs[0])])
+    up.handle(events)
+    wait_until(lambda: ledger.commit_offsets([0]) == [(0, 1, "")])
+    assert store.objects == {}
+    (entry,) = TransferJournal(journal.path.parent, "t", "g").entries
+    assert entry.outcome == "failed" and "AccessDenied" in entry.reason
+
+
+def test_while_s3_is_down_nothing_is_committed_past_the_waiting_file(parts: Any) -> None:
+    store, ledger, up, _ = parts
+    store.faults = [unavailable()] * 10_000
+    ledger.assigned(0, 0, None)
+    events, _, _ = ledger.feed([(0, 0, chunks("c.dat", b"z", 10)[0])])
+    up.handle(events)
+    wait_until(lambda: not up.health.reachable)
+    time.sleep(0.2)
+    assert ledger.commit_offsets([0]) == [(0, 0, "")]
+    store.faults.clear()
+    wait_until(lambda: ledger.commit_offsets([0]) == [(0, 1, "")])
+
+
+def test_an_older_instance_of_a_key_is_never_written_after_a_newer_one(parts: Any) -> None:
+    store, ledger, up, _ = parts
+    gate = threading.Event()
+    real_put = store.put
+    order: list[bytes] = []
+
+    def put(key: str, data: Any, *, crc64nvme: int) -> dict[str, str]:
+        if bytes(memoryview(data)) == b"old":
+            gate.wait(5)
+        order.append(bytes(memoryview(data)))
+        return real_put(key, data, crc64nvme=crc64nvme)
+
+    store.put = put
+    ledger.assigned(0, 0, None)
+    old, new = chunks("k", b"old", 10), chunks("k", b"new", 10)
+    events, _, _ = ledger.feed([(0, 0, old[0])])
+    up.handle(events)
+    events, _, _ = ledger.feed([(0, 1, new[0])])
+    up.handle(events)
+    time.sleep(0.2)
+    assert order == []  # the newer one waits for the older one's write
+    gate.set()
+    wait_until(lambda: len(order) == 2)
+    assert order == [b"old", b"new"]
+    assert store.objects["t/k"] == b"new"
+
+
+class FakeConsumer:
+    """Records commits; the test answers them through the loop's on_commit."""
+
+    def __init__(self) -> None:
+        self.commits: list[list[TopicPartition]] = []
+
+    def commit(self, *, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        self.commits.append(offsets)
+
+
+def test_a_failed_commit_is_sent_again_and_only_a_confirmed_one_counts(tmp_path: Path) -> None:
+    ledger = Ledger(5 << 20, 64 << 20)
+    options = ProcessorOptions(bucket="b", topic="t", group_id="g", output_dir=tmp_path)
+    settings, incremental = consumer_settings({"group.id": "g"}, LOG)
+    assert not incremental and settings["enable.auto.commit"] == "false"
+    loop = ConsumerLoop(
+        0,
+        options=options,
+        settings=settings,
+        incremental=False,
+        ledger=ledger,
+        uploader=None,  # type: ignore[arg-type]
+        stats=Stats(),
+        log=LOG,
+        stop=threading.Event(),
+    )
+    loop.owned = {0}
+    c = FakeConsumer()
+    ledger.assigned(0, 0, None)
+    ledger.feed([(0, 0, b"junk"), (0, 1, b"junk")])
+    loop.commit(c)
+    assert [(tp.partition, tp.offset) for tp in c.commits[-1]] == [(0, 2)]
+    loop.commit(c)
+    assert len(c.commits) == 1  # in flight: not sent twice
+    # The broker refuses it (a rebalance in progress).
+    loop._on_commit(KafkaError(KafkaError.ILLEGAL_GENERATION), c.commits[-1])
+    assert 0 not in loop.acked or loop.acked[0][0] != 2
+    loop.commit(c)
+    assert len(c.commits) == 2  # sent again
+    loop._on_commit(None, c.commits[-1])
+    assert loop.acked[0] == (2, "")
+    loop.commit(c)
+    assert len(c.commits) == 2  # confirmed: nothing more to send
+
+
+def test_consumer_protocol_drops_the_settings_the_broker_owns() -> None:
+    settings, incremental = consumer_settings(
+        {"group.protocol": "consumer", "session.timeout.ms": "6000"}, LOG, warn=False
+    )
+    assert incremental and "session.timeout.ms" not in settings
+    _, incremental = consumer_settings({"partition.assignment.strategy": "cooperative-sticky"}, LOG)
+    assert incremental
