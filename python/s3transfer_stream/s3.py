@@ -249,10 +249,10 @@ class ObjectStore:
         if self.checksum_put:
             value = b64_crc64(crc64nvme)
             try:
-                self.client.put_object(
+                r = self.client.put_object(
                     Bucket=self.bucket, Key=key, Body=BufferReader(data), ChecksumCRC64NVME=value
                 )
-                return {"ChecksumCRC64NVME": value}
+                return _sent(value, r)
             except ClientError as err:
                 if not _unsupported_checksum(err):
                     raise
@@ -297,15 +297,16 @@ class ObjectStore:
     def complete_multipart(
         self, key: str, upload_id: str, parts: list[dict[str, Any]], crc64nvme: int
     ) -> dict[str, str]:
-        self.client.complete_multipart_upload(
+        value = b64_crc64(crc64nvme)
+        r = self.client.complete_multipart_upload(
             Bucket=self.bucket,
             Key=key,
             UploadId=upload_id,
             MultipartUpload={"Parts": sorted(parts, key=lambda p: int(p["PartNumber"]))},
-            ChecksumCRC64NVME=b64_crc64(crc64nvme),
+            ChecksumCRC64NVME=value,
             ChecksumType="FULL_OBJECT",
         )
-        return {"ChecksumCRC64NVME": b64_crc64(crc64nvme)}
+        return _sent(value, r)
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         try:
@@ -320,7 +321,24 @@ class ObjectStore:
     def validate_object(
         self, key: str, size: int, sent: dict[str, str], sha512: bytes
     ) -> Validation:
-        """Compares what the bucket holds with what we sent and the producer hashed."""
+        """Compares what the bucket holds with what we sent and the producer hashed.
+
+        In ``checksum`` mode the checksum the server computed while storing the
+        object comes back in the PUT/CompleteMultipartUpload answer; when it does,
+        no extra request is needed. Otherwise the object's checksum is read with HEAD."""
+        confirmed = sent.get(CONFIRMED)
+        if self.validate == "checksum" and confirmed:
+            ours = sent.get("ChecksumCRC64NVME")
+            if confirmed == ours:
+                return Validation(
+                    True,
+                    "crc64nvme",
+                    "CRC64NVME of the SHA-512-verified bytes confirmed by the server",
+                )
+            return Validation(
+                False, "crc64nvme", f"server stored CRC64NVME {confirmed}, expected {ours}"
+            )
+        sent = {k: v for k, v in sent.items() if k != CONFIRMED}
         if self.validate == "checksum" and self.reports_checksums:
             head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
             stored_size = int(head.get("ContentLength", -1))
@@ -369,6 +387,19 @@ class ObjectStore:
                 False, "sha512-reread", "SHA-512 of the stored object differs from the producer's"
             )
         return Validation(True, "sha512-reread", "re-read object matches the producer's SHA-512")
+
+
+#: Key in what :meth:`ObjectStore.put`/``complete_multipart`` return: the checksum
+#: the server reported for what it stored.
+CONFIRMED = "confirmed"
+
+
+def _sent(value: str, response: dict[str, Any]) -> dict[str, str]:
+    out = {"ChecksumCRC64NVME": value}
+    got = response.get("ChecksumCRC64NVME")
+    if got:
+        out[CONFIRMED] = str(got)
+    return out
 
 
 def _unsupported_checksum(err: ClientError) -> bool:
