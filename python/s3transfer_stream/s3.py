@@ -100,7 +100,8 @@ def make_client(settings: S3Settings, *, max_connections: int = 16) -> Any:
         retries={"mode": "standard", "max_attempts": 3},
         max_pool_connections=max_connections,
         connect_timeout=10,
-        read_timeout=120,
+        # A hung server holds a call this long before it is retried (uploads.py).
+        read_timeout=60,
     )
     session = boto3.session.Session()
     return session.client(
