@@ -279,11 +279,12 @@ def test_per_thread_file_rotates_at_1000_rows(tmp_path: Path) -> None:
     for i in range(1001):
         registry.register_processed(f"d/f{i}.dat", f"f{i}.dat", 1)
     ident = threading.get_ident()
-    current = tmp_path / f"processed_from_topic_by_grp_t{ident}.csv"
+    current = tmp_path / f"s3transfer-stream_processed_topic_by_grp_t{ident}.csv"
+    assert registry.paths.processed_for_thread(ident) == current
     rotated = [
         p
         for p in tmp_path.iterdir()
-        if re.fullmatch(rf"processed_from_topic_by_grp_t{ident}_\d+_\d+\.csv", p.name)
+        if re.fullmatch(rf"s3transfer-stream_processed_topic_by_grp_t{ident}_\d+_\d+\.csv", p.name)
     ]
     assert len(rotated) == 1
     assert len(read_table(ProcessedRow, rotated[0])) == 1000

@@ -27,6 +27,7 @@ from typing import Any
 
 from . import failpoints
 from .logs import get_logger
+from .registry import journal_path
 
 #: Entries kept when the journal is compacted at start-up.
 KEEP_ENTRIES = 20_000
@@ -85,7 +86,7 @@ class TransferJournal:
 
     def __init__(self, logs_dir: Path, topic: str, group_id: str) -> None:
         logs_dir.mkdir(parents=True, exist_ok=True)
-        self.path = logs_dir / f"transfers_{topic}_by_{group_id}.jsonl"
+        self.path = journal_path(logs_dir, topic, group_id)
         self._lock = threading.Lock()
         self.entries = self._load()
         if len(self.entries) > KEEP_ENTRIES:

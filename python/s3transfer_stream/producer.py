@@ -597,7 +597,7 @@ class DirectoryUploader:
         self.scan_interval = scan_interval
         self.logs_dir = self.root / LOGS_SUBDIR
         self.registry = ProducerRegistry(self.logs_dir, topic)
-        self.versions = _VersionLog(self.logs_dir / f"upload_to_{topic}_versions.jsonl")
+        self.versions = _VersionLog(self.registry.paths.versions)
         self._log = get_logger()
 
         self._lock = threading.Lock()

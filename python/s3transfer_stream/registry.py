@@ -19,8 +19,59 @@ Differences from upstream, all invisible to a reader of the files:
   so a copy of a file taken at any moment is a complete table;
 * a timer thread writes out dirty tables, so a file is never more than
   ``flush_interval`` (5 s) behind memory even when nothing else changes;
-* consolidation of the per-thread "processed" files matches their names exactly,
-  so topic ``test`` never swallows the files of topic ``test2``.
+* no file of another topic or consumer group is ever read, merged or deleted as
+  ours (see "File names" below).
+
+File names
+----------
+
+OpenMSIStream finds its per-thread files with the prefix glob ``<stem>*<suffix>``,
+so the names it uses cannot tell every topic/group pair apart: group ``g`` takes
+group ``g_t1``'s ``processed_from_x_by_g_t1.csv`` for a per-thread file of its own,
+topic ``test``'s producer registry takes topic ``test_p1``'s ``uploaded_to_test_p1.csv``
+for a per-producer file, and topic ``a_by_b``/group ``c`` and topic ``a``/group
+``b_by_c`` have *the same* ``processed_from_a_by_b_by_c.csv``. This module therefore
+sorts the files in ``LOGS/`` in three kinds:
+
+1. **Files upstream reads keep upstream's names** (``processed_from_<topic>_by_<group>.csv``,
+   ``consuming_from_<topic>_by_<group>_in_progress.csv``, ``upload_to_<topic>_in_progress.csv``,
+   ``uploaded_to_<topic>.csv``), with byte-identical tables: upstream readers and the
+   interop tests find them where they always were. Each is opened by its exact name.
+2. **Files only we read have private, unambiguous names**: the per-thread processed
+   files (``s3transfer-stream_processed_<T>_by_<G>_t<ident>[_<ts>].csv``), the transfer
+   journal (``transfers_<T>_by_<G>.jsonl``) and the claim described below, where
+   ``<T>``/``<G>`` are the topic and group percent-encoded (everything but ASCII
+   letters, digits, ``.`` and ``-``, so ``_`` is ``%5F``): no ``_`` is left in either
+   part, so the name determines the pair, and no OpenMSIStream file starts with
+   ``s3transfer-stream_`` or ``transfers_``. Plain names (``lab``, ``g-42``) encode to
+   themselves, so their journal keeps its name; a pair too long for a file name is
+   replaced by a SHA-256 of it. Private files are found by exact name or by a
+   regular expression that only that pair's names can match.
+3. **Upstream-named files we merge and delete** (OpenMSIStream's per-thread and
+   per-producer files, left by a crash of upstream or of an earlier version of this
+   package; and upstream's in-progress file ``consuming_from_<topic>_in_progress_by_<group>.csv``,
+   which is only read) are taken only if no other pair can claim them: every other
+   reading of the name (e.g. "the processed file of group ``g_t1``") is looked up, and
+   if that pair shows any sign of having used this directory -- its claim, its
+   journal, or an in-progress file of its own whose name could not also be ours
+   (OpenMSIStream and this package both create the in-progress file of every pair they
+   run, at start, before anything else) -- the file is left alone with a warning.
+
+Where upstream's own name is ambiguous (``processed_from_a_by_b_by_c.csv``, or an
+in-progress name that is also another pair's legacy in-progress name), nothing in the
+file can say whose it is without changing the table format, which must stay
+upstream's byte for byte. So the pair writes a small **claim** next to it,
+``s3transfer-stream_claim_<T>_by_<G>.json`` (its exact, private name; content for
+humans: topic, group, the shared names), and a processor whose names are shared with
+another pair that shows a sign of use (its claim, journal or unambiguous in-progress
+file) **refuses to start** with an error that names the file and both readings,
+rather than mixing two consumers' rows. Refusing is the only safe choice: the files
+of the first pair are already in upstream's format and upstream's names, and any
+renaming would hide them from upstream readers. The claim is created before the
+check and removed again on refusal, so of two processors starting at the same moment
+at most one goes on. Files with an ambiguous name that exist but are unclaimed (an
+upstream run, or an earlier version of this package) are taken as ours with a
+warning, unless the other reading shows a sign of use.
 """
 
 from __future__ import annotations
@@ -28,10 +79,13 @@ from __future__ import annotations
 import ast
 import copy
 import csv
+import hashlib
 import io
+import json
 import logging
 import os
 import re
+import string
 import tempfile
 import threading
 import time
@@ -49,8 +103,10 @@ from .errors import S3TransferStreamError
 __all__ = [
     "DEFAULT_FLUSH_INTERVAL",
     "MAX_ROWS_PER_FILE",
+    "PRIVATE_PREFIX",
     "DataclassTable",
     "InProgressRow",
+    "NameReading",
     "ProcessedRow",
     "ProducerRegistry",
     "ProducerRegistryPaths",
@@ -60,8 +116,12 @@ __all__ = [
     "UploadInProgressRow",
     "UploadedRow",
     "format_timestamp",
+    "journal_name",
+    "journal_path",
+    "name_readings",
     "parse_table",
     "parse_timestamp",
+    "private_name_token",
     "read_table",
     "render_table",
 ]
@@ -658,6 +718,196 @@ def _rotation_suffix() -> str:
     return str(datetime.now().timestamp()).replace(".", "_")
 
 
+# --------------------------------------------------------------------------- file names
+
+#: Every file of ours in ``LOGS/`` that OpenMSIStream does not read starts with this
+#: (or with ``transfers_``, the journal); no OpenMSIStream file does.
+PRIVATE_PREFIX = "s3transfer-stream_"
+_PLAIN_CHARS = frozenset(string.ascii_letters + string.digits + ".-")
+#: Longer encoded pairs are replaced by a hash so that names stay under 255 bytes.
+_MAX_TOKEN = 150
+#: What Kafka accepts as a topic name: a reading with another topic is impossible.
+_KAFKA_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+_PROCESSED = "processed file"
+_PER_THREAD = "per-thread processed file"
+_IN_PROGRESS = "in-progress file"
+_LEGACY_IN_PROGRESS = "in-progress file (OpenMSIStream 1.8 name)"
+# OpenMSIStream's names, each with the separator between topic and group.
+_UPSTREAM_NAME_FORMS = (
+    (re.compile(r"processed_from_(.+)\.csv", re.DOTALL), "_by_", _PROCESSED),
+    (
+        re.compile(r"processed_from_(.+)_t\d+(?:_\d+_\d+)?\.csv", re.DOTALL),
+        "_by_",
+        _PER_THREAD,
+    ),
+    (re.compile(r"consuming_from_(.+)_in_progress\.csv", re.DOTALL), "_by_", _IN_PROGRESS),
+    (re.compile(r"consuming_from_(.+)\.csv", re.DOTALL), "_in_progress_by_", _LEGACY_IN_PROGRESS),
+)
+
+
+def _encode_part(value: str) -> str:
+    """``value`` percent-encoded: ASCII letters, digits, ``.`` and ``-`` stay, every
+    other character (``_`` and ``%`` included) becomes its UTF-8 bytes as ``%XX``."""
+    out: list[str] = []
+    for char in value:
+        if char in _PLAIN_CHARS:
+            out.append(char)
+        else:
+            out.extend(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
+    return "".join(out)
+
+
+def private_name_token(topic: str, group: str) -> str:
+    """The part of our private file names that stands for ``topic`` and ``group``:
+    ``<encoded topic>_by_<encoded group>`` (neither part holds a ``_``, so the token
+    determines the pair), or ``h<sha-256>`` of the pair when that would be too long."""
+    token = f"{_encode_part(topic)}_by_{_encode_part(group)}"
+    if len(token) <= _MAX_TOKEN:
+        return token
+    digest = hashlib.sha256(f"{topic}\0{group}".encode("utf-8", "surrogatepass"))
+    return f"h{digest.hexdigest()[:40]}"
+
+
+def journal_name(topic: str, group: str) -> str:
+    """File name of the transfer journal of ``topic`` and ``group`` (exact, private)."""
+    return f"transfers_{private_name_token(topic, group)}.jsonl"
+
+
+def _claim_name(topic: str, group: str) -> str:
+    return f"{PRIVATE_PREFIX}claim_{private_name_token(topic, group)}.json"
+
+
+@dataclass(frozen=True, order=True)
+class NameReading:
+    """One way to read an OpenMSIStream registry file name: whose file it would be."""
+
+    topic: str
+    group: str
+    kind: str
+
+    def describe(self) -> str:
+        return f"the {self.kind} of topic {self.topic!r} / group {self.group!r}"
+
+
+def _splits(text: str, separator: str) -> list[tuple[str, str]]:
+    """Every ``(before, after)`` of ``text`` around one occurrence of ``separator``."""
+    found = []
+    start = text.find(separator)
+    while start != -1:
+        found.append((text[:start], text[start + len(separator) :]))
+        start = text.find(separator, start + 1)
+    return found
+
+
+def _is_name_part(value: str) -> bool:
+    return bool(value) and not any(c in value for c in "/\\\0") and value not in (".", "..")
+
+
+def name_readings(name: str) -> set[NameReading]:
+    """Every topic/group pair (with a topic Kafka accepts) whose OpenMSIStream registry
+    files (consolidated or per-thread processed file, in-progress file under our or
+    upstream's 1.8 name) include a file called ``name``."""
+    readings = set()
+    for pattern, separator, kind in _UPSTREAM_NAME_FORMS:
+        match = pattern.fullmatch(name)
+        if match is None:
+            continue
+        for topic, group in _splits(match.group(1), separator):
+            if _KAFKA_TOPIC.fullmatch(topic) and _is_name_part(group):
+                readings.add(NameReading(topic, group, kind))
+    return readings
+
+
+def _pairs(readings: Iterable[NameReading]) -> set[tuple[str, str]]:
+    return {(r.topic, r.group) for r in readings}
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a name too long for the file system: no such file
+        return False
+
+
+def _journal_topics(path: Path) -> set[str]:
+    """The topics named by the object keys (``<topic>/<path>``) of a journal file."""
+    topics = set()
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                try:
+                    key = json.loads(line)["key"]
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if isinstance(key, str) and "/" in key:
+                    topics.add(key.split("/", 1)[0])
+    except OSError:
+        pass
+    return topics
+
+
+def _sign_of_use(logs_dir: Path, topic: str, group: str, us: tuple[str, str]) -> Path | None:
+    """A file showing that ``topic``/``group`` has used ``logs_dir``: its claim, its
+    journal, an in-progress file (ours or upstream's, both are created at start) whose
+    name could not also be one of ``us``'s, or a journal of an earlier version whose
+    object keys name ``topic``. None if there is no such file."""
+    candidates = [logs_dir / _claim_name(topic, group), logs_dir / journal_name(topic, group)]
+    for name in (
+        f"consuming_from_{topic}_by_{group}_in_progress.csv",
+        f"consuming_from_{topic}_in_progress_by_{group}.csv",
+    ):
+        if us not in _pairs(name_readings(name)):
+            candidates.append(logs_dir / name)
+    for path in candidates:
+        if _is_file(path):
+            return path
+    old_journal = logs_dir / f"transfers_{topic}_by_{group}.jsonl"
+    if _is_file(old_journal) and topic in _journal_topics(old_journal):
+        return old_journal
+    return None
+
+
+def _old_journal_is_ours(path: Path, topic: str, group: str) -> bool:
+    """Whether a journal under the name earlier versions used
+    (``transfers_<topic>_by_<group>.jsonl``, ambiguous) belongs to ``topic``/``group``."""
+    stem = path.name[len("transfers_") : -len(".jsonl")]
+    readings = {
+        (t, g) for t, g in _splits(stem, "_by_") if _KAFKA_TOPIC.fullmatch(t) and _is_name_part(g)
+    }
+    if readings <= {(topic, group)}:
+        return True
+    # Several pairs have this name; the object keys (<topic>/...) tell whose it is.
+    return _journal_topics(path) == {topic}
+
+
+def journal_path(logs_dir: Path, topic: str, group: str) -> Path:
+    """Where the transfer journal of ``topic``/``group`` lives (:func:`journal_name`).
+
+    A journal an earlier version left under the old, ambiguous name
+    ``transfers_<topic>_by_<group>.jsonl`` is renamed to it when it is this pair's;
+    one that may be another pair's is left alone (a warning says so)."""
+    path = logs_dir / journal_name(topic, group)
+    old = logs_dir / f"transfers_{topic}_by_{group}.jsonl"
+    if old == path or _is_file(path) or not _is_file(old):
+        return path
+    if _old_journal_is_ours(old, topic, group):
+        try:
+            os.replace(old, path)
+            _LOG.info("renamed the transfer journal %s to %s", old, path)
+        except OSError as exc:
+            _LOG.warning("could not rename the transfer journal %s to %s: %s", old, path, exc)
+    else:
+        _LOG.warning(
+            "not using %s as the transfer journal of topic %r / group %r: its name is also "
+            "that of another topic/group pair and its entries are not this topic's",
+            old,
+            topic,
+            group,
+        )
+    return path
+
+
 # --------------------------------------------------------------------------- consumer side
 
 
@@ -666,13 +916,25 @@ class StreamRegistryPaths:
     """Where a :class:`StreamRegistry` keeps its files."""
 
     logs_dir: Path
+    #: ``consuming_from_<topic>_by_<group>_in_progress.csv`` (OpenMSIStream's documented name).
     in_progress: Path
+    #: ``consuming_from_<topic>_in_progress_by_<group>.csv`` (OpenMSIStream 1.8's, read only).
     legacy_in_progress: Path
+    #: ``processed_from_<topic>_by_<group>.csv``, the consolidated processed file.
     processed: Path
+    #: Matches the names of our per-thread processed files, and no other pair's.
     processed_pattern: re.Pattern[str]
+    #: Matches OpenMSIStream's per-thread names of this pair (and, possibly, another
+    #: pair's processed file: see :func:`name_readings`).
+    legacy_processed_pattern: re.Pattern[str]
+    #: ``s3transfer-stream_claim_<T>_by_<G>.json`` when an upstream name of this pair
+    #: is also another pair's, else None.
+    claim: Path | None
+    #: Our per-thread files are ``<thread_file_stem>_t<ident>[_<ts>].csv``.
+    thread_file_stem: str
 
     def processed_for_thread(self, ident: int) -> Path:
-        return self.logs_dir / f"{self.processed.stem}_t{ident}{self.processed.suffix}"
+        return self.logs_dir / f"{self.thread_file_stem}_t{ident}.csv"
 
 
 class StreamRegistry:
@@ -685,10 +947,16 @@ class StreamRegistry:
       start the upstream 1.8.x name ``consuming_from_<topic>_in_progress_by_<group>.csv``
       is read too, when it is newer than ours, and its rows merged (that file itself
       is never changed);
-    * ``processed_from_<topic>_by_<group>_t<thread ident>.csv``, one per thread that
-      registers a success, rotated to ``..._t<ident>_<ts>.csv`` at ``max_rows_per_file``
-      rows, and consolidated into ``processed_from_<topic>_by_<group>.csv`` at start
-      and at :meth:`close`.
+    * ``s3transfer-stream_processed_<T>_by_<G>_t<thread ident>.csv`` (``<T>``, ``<G>``:
+      the topic and group percent-encoded, see the module docstring), one per thread
+      that registers a success, rotated to ``..._t<ident>_<ts>.csv`` at
+      ``max_rows_per_file`` rows, and consolidated into
+      ``processed_from_<topic>_by_<group>.csv`` at start and at :meth:`close`.
+      OpenMSIStream's per-thread files of this pair (``processed_from_<topic>_by_<group>_t<ident>.csv``)
+      are consolidated too, unless another pair may own them;
+    * ``s3transfer-stream_claim_<T>_by_<G>.json`` only when OpenMSIStream's names of this
+      pair are also another pair's; a :class:`RegistryError` at start if that other pair
+      has used the directory.
 
     New in-progress rows, failures and successes are written at once; updates of
     ``most_recent_message`` are written at most every ``flush_interval`` seconds,
@@ -716,16 +984,34 @@ class StreamRegistry:
         self.group_id = group_id
         self._interval = flush_interval
         self._max_rows = max_rows_per_file
+        in_progress = logs_dir / f"consuming_from_{topic}_by_{group_id}_in_progress.csv"
+        processed = logs_dir / f"processed_from_{topic}_by_{group_id}.csv"
+        us = (topic, group_id)
+        # Upstream-named files we write whose name is also another pair's.
+        self._shared = {
+            path: sorted(r for r in name_readings(path.name) if (r.topic, r.group) != us)
+            for path in (processed, in_progress)
+        }
+        self._shared = {path: others for path, others in self._shared.items() if others}
+        thread_file_stem = f"{PRIVATE_PREFIX}processed_{private_name_token(topic, group_id)}"
         self._paths = StreamRegistryPaths(
             logs_dir=logs_dir,
-            in_progress=logs_dir / f"consuming_from_{topic}_by_{group_id}_in_progress.csv",
+            in_progress=in_progress,
             legacy_in_progress=logs_dir / f"consuming_from_{topic}_in_progress_by_{group_id}.csv",
-            processed=logs_dir / f"processed_from_{topic}_by_{group_id}.csv",
+            processed=processed,
             processed_pattern=re.compile(
-                rf"^processed_from_{re.escape(topic)}_by_{re.escape(group_id)}"
-                r"_t\d+(_\d+_\d+)?\.csv$"
+                rf"^{re.escape(thread_file_stem)}_t\d+(_\d+_\d+)?\.csv$", re.DOTALL
             ),
+            legacy_processed_pattern=re.compile(
+                rf"^processed_from_{re.escape(topic)}_by_{re.escape(group_id)}"
+                r"_t\d+(_\d+_\d+)?\.csv$",
+                re.DOTALL,
+            ),
+            claim=logs_dir / _claim_name(topic, group_id) if self._shared else None,
+            thread_file_stem=thread_file_stem,
         )
+        self._warned: set[Path] = set()
+        self._claim_shared_names()
         _remove_torn_writes(
             logs_dir,
             [self._paths.in_progress.name, self._paths.processed.name],
@@ -745,8 +1031,98 @@ class StreamRegistry:
 
     # -- setup ---------------------------------------------------------------
 
+    def _claim_shared_names(self) -> None:
+        """Where an upstream name of ours is another pair's too: refuse if that pair has
+        used this directory, else write our claim (see the module docstring)."""
+        claim = self._paths.claim
+        if claim is None:
+            return
+        us = (self.topic, self.group_id)
+        existing = sorted(path.name for path in self._shared if _is_file(path))
+        created = False
+        if not _is_file(claim):
+            record = {
+                "topic": self.topic,
+                "group": self.group_id,
+                "files": sorted(path.name for path in self._shared),
+                "why": "these OpenMSIStream file names are also another topic/group pair's; "
+                "this pair uses them, so the other one is refused in this directory",
+            }
+            try:
+                with open(claim, "x", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record, ensure_ascii=False, indent=1) + "\n")
+                created = True
+            except FileExistsError:
+                pass
+        for path, others in self._shared.items():
+            for other in others:
+                if other.kind not in (_PROCESSED, _IN_PROGRESS):
+                    # A reader (upstream's 1.8 in-progress name) or a merger (a per-thread
+                    # name): that pair leaves the file alone when it sees our claim.
+                    continue
+                sign = _sign_of_use(self._paths.logs_dir, other.topic, other.group, us)
+                if sign is None:
+                    continue
+                if created:
+                    try:
+                        claim.unlink()
+                    except OSError:
+                        pass
+                hint = (
+                    f" If that pair no longer uses this directory, delete {sign}."
+                    if sign.name.startswith(PRIVATE_PREFIX)
+                    else ""
+                )
+                raise RegistryError(
+                    f"{path} cannot be used: OpenMSIStream's file name reads both as the "
+                    f"{other.kind} of topic {self.topic!r} / group {self.group_id!r} (this "
+                    f"processor) and as {other.describe()}, which has used "
+                    f"{self._paths.logs_dir} ({sign.name} exists). Give one of them another "
+                    f"--output_dir or --consumer_group_id.{hint}"
+                )
+        if created and existing:
+            readings = "; ".join(
+                other.describe() for others in self._shared.values() for other in others
+            )
+            _LOG.warning(
+                "%s already exist(s) in %s and the name(s) could also be %s; no sign that "
+                "another topic/group used this directory, so they are taken as topic %r / "
+                "group %r's (claimed in %s)",
+                ", ".join(existing),
+                self._paths.logs_dir,
+                readings,
+                self.topic,
+                self.group_id,
+                claim.name,
+            )
+
+    def _foreign_sign(self, path: Path) -> tuple[NameReading, Path] | None:
+        """Another reading of the upstream name ``path`` whose pair has used this
+        directory (with the file showing it), or None: then the file is ours."""
+        us = (self.topic, self.group_id)
+        for other in sorted(name_readings(path.name)):
+            if (other.topic, other.group) == us:
+                continue
+            sign = _sign_of_use(self._paths.logs_dir, other.topic, other.group, us)
+            if sign is not None:
+                return other, sign
+        return None
+
+    def _warn_foreign(self, path: Path, other: NameReading, sign: Path, what: str) -> None:
+        if path in self._warned:
+            return
+        self._warned.add(path)
+        _LOG.warning(
+            "not %s %s: its name is also %s, which has used this directory (%s exists)",
+            what,
+            path,
+            other.describe(),
+            sign.name,
+        )
+
     def _merge_legacy_in_progress(self) -> bool:
-        """Merge the rows of upstream's in-progress file if it is newer than ours."""
+        """Merge the rows of upstream's in-progress file if it is newer than ours (and
+        cannot be another pair's)."""
         legacy = self._paths.legacy_in_progress
         try:
             legacy_mtime = legacy.stat().st_mtime_ns
@@ -758,6 +1134,10 @@ class StreamRegistry:
             ours_mtime = None
         if ours_mtime is not None and ours_mtime >= legacy_mtime:
             return False  # merged by an earlier run, or older than our own records
+        foreign = self._foreign_sign(legacy)
+        if foreign is not None:
+            self._warn_foreign(legacy, *foreign, "reading the in-progress rows of")
+            return False
         with self._in_progress.lock:
             for row in read_table(InProgressRow, legacy):
                 current = self._in_progress.get(_row_key(row))
@@ -901,7 +1281,8 @@ class StreamRegistry:
             return rows
 
     def per_thread_files(self) -> list[Path]:
-        """The per-thread and rotated processed files now on disk."""
+        """The per-thread and rotated processed files of this topic and group now on
+        disk: ours, and OpenMSIStream's that cannot be another pair's."""
         return self._per_thread_files()
 
     def consolidate(self) -> int:
@@ -959,12 +1340,21 @@ class StreamRegistry:
     # -- internals -----------------------------------------------------------
 
     def _per_thread_files(self) -> list[Path]:
-        pattern = self._paths.processed_pattern
+        ours = self._paths.processed_pattern
+        upstream = self._paths.legacy_processed_pattern
         found = []
         with os.scandir(self._paths.logs_dir) as entries:
             for entry in entries:
-                if pattern.match(entry.name) and entry.is_file():
-                    found.append(Path(entry.path))
+                if ours.match(entry.name):
+                    if entry.is_file():
+                        found.append(Path(entry.path))
+                elif upstream.match(entry.name) and entry.is_file():
+                    path = Path(entry.path)
+                    foreign = self._foreign_sign(path)
+                    if foreign is None:
+                        found.append(path)
+                    else:
+                        self._warn_foreign(path, *foreign, "merging")
         return sorted(found)
 
     def _thread_table(self) -> DataclassTable[ProcessedRow]:
@@ -1020,8 +1410,14 @@ class ProducerRegistryPaths:
     """Where a :class:`ProducerRegistry` keeps its files."""
 
     logs_dir: Path
+    #: ``upload_to_<topic>_in_progress.csv`` (created at start, as upstream does).
     in_progress: Path
+    #: ``uploaded_to_<topic>.csv``.
     completed: Path
+    #: ``upload_to_<topic>_versions.jsonl``, the upload directory's own version log.
+    versions: Path
+    #: Matches OpenMSIStream's per-producer names of this topic (and, possibly, the
+    #: completed file of a topic named ``<topic>_p<hex>``: see :class:`ProducerRegistry`).
     upstream_per_producer_pattern: re.Pattern[str]
 
 
@@ -1032,7 +1428,11 @@ class ProducerRegistry:
     deliver; ``uploaded_to_<topic>.csv`` one row per completed upload (a file uploaded
     twice has two rows). Unlike upstream there are no per-producer completed files;
     upstream's (``uploaded_to_<topic>_p<id>[_<ts>].csv``) found at start are merged
-    into the completed file and deleted, as upstream itself would.
+    into the completed file and deleted, as upstream itself would -- except that such a
+    name is also the completed file of topic ``<topic>_p<id>[_<ts>]``: a file is left
+    alone (with a warning) when that topic's in-progress file or version log exists.
+    Every registry, upstream's and ours, creates its in-progress file at start, before
+    it can write a completed file, so that file marks the topic as present.
     """
 
     def __init__(
@@ -1051,13 +1451,16 @@ class ProducerRegistry:
             logs_dir=logs_dir,
             in_progress=logs_dir / f"upload_to_{topic}_in_progress.csv",
             completed=logs_dir / f"uploaded_to_{topic}.csv",
+            versions=logs_dir / f"upload_to_{topic}_versions.jsonl",
             upstream_per_producer_pattern=re.compile(
-                rf"^uploaded_to_{re.escape(topic)}_p[0-9a-f]+(_\d+_\d+)?\.csv$"
+                rf"^uploaded_to_{re.escape(topic)}_p[0-9a-f]+(_\d+_\d+)?\.csv$", re.DOTALL
             ),
         )
         self._in_progress: DataclassTable[UploadInProgressRow] = DataclassTable(
             UploadInProgressRow, self._paths.in_progress, key=_row_key
         )
+        if not self._paths.in_progress.exists():
+            self._in_progress.write()
         self._completed: DataclassTable[UploadedRow] = DataclassTable(
             UploadedRow, self._paths.completed
         )
@@ -1065,7 +1468,9 @@ class ProducerRegistry:
             (
                 path
                 for path in logs_dir.iterdir()
-                if self._paths.upstream_per_producer_pattern.match(path.name) and path.is_file()
+                if self._paths.upstream_per_producer_pattern.match(path.name)
+                and path.is_file()
+                and self._is_per_producer_file(path)
             ),
             key=_mtime_then_name,
         )
@@ -1078,6 +1483,25 @@ class ProducerRegistry:
     @property
     def paths(self) -> ProducerRegistryPaths:
         return self._paths
+
+    def _is_per_producer_file(self, path: Path) -> bool:
+        """False if ``path`` may be the completed file of the topic its name spells."""
+        other = path.name[len("uploaded_to_") : -len(".csv")]
+        for sign in (
+            self._paths.logs_dir / f"upload_to_{other}_in_progress.csv",
+            self._paths.logs_dir / f"upload_to_{other}_versions.jsonl",
+        ):
+            if _is_file(sign):
+                _LOG.warning(
+                    "not merging %s into %s: it is also the completed file of topic %r, "
+                    "which has used this directory (%s exists)",
+                    path,
+                    self._paths.completed,
+                    other,
+                    sign.name,
+                )
+                return False
+        return True
 
     def register_started(self, rel_filepath: str, filename: str, n_chunks: int) -> None:
         """Record that the file's ``n_chunks`` chunks are about to be sent (written at
