@@ -101,9 +101,10 @@ def test_tree_of_54_files_lands_identical_and_validated(
     in_progress, processed = registry_tables(out, topic, group)
     assert in_progress == []
     assert sorted(r.rel_filepath.as_posix() for r in processed) == sorted(files)
-    assert not list(
-        (out / "LOGS").glob(f"processed_from_{topic}_by_{group}_t*.csv")
-    )  # consolidated
+    # Consolidated: no per-thread file is left (ours have private names, upstream's a _t suffix).
+    logs = out / "LOGS"
+    assert not list(logs.glob("s3transfer-stream_processed_*.csv"))
+    assert not list(logs.glob(f"processed_from_{topic}_by_{group}_t*.csv"))
     # No multipart upload was left open.
     assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 

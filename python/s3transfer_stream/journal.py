@@ -1,4 +1,5 @@
-"""The transfer journal: the durable record that a file instance is in the bucket.
+"""The transfer journal: the durable record that a file instance is in the bucket
+(or was given up, with the reason).
 
 One JSON line per transferred file, appended and fsynced *before* the registry
 row is written and before its offsets are released for commit. It is what makes
@@ -47,6 +48,14 @@ class JournalEntry:
     offsets: Runs
     #: Kafka's id of the topic incarnation the offsets refer to ("" if unknown).
     topic_id: str = ""
+    #: ``transferred``, or how the file was given up (``failed``, ``mismatched_hash``,
+    #: ``abandoned``): either way its offsets are accounted for.
+    outcome: str = "transferred"
+    reason: str = ""
+
+    @property
+    def transferred(self) -> bool:
+        return self.outcome == "transferred"
 
     def to_json(self) -> str:
         return json.dumps(
@@ -60,6 +69,9 @@ class JournalEntry:
                 "processed_at": self.processed_at.isoformat(),
                 "offsets": self.offsets,
                 "topic_id": self.topic_id,
+                **(
+                    {"outcome": self.outcome, "reason": self.reason} if not self.transferred else {}
+                ),
             },
             ensure_ascii=False,
             separators=(",", ":"),
@@ -78,6 +90,8 @@ class JournalEntry:
             processed_at=datetime.fromisoformat(d["processed_at"]),
             offsets=[(int(p), [(int(a), int(b)) for a, b in runs]) for p, runs in d["offsets"]],
             topic_id=str(d.get("topic_id", "")),
+            outcome=str(d.get("outcome", "transferred")),
+            reason=str(d.get("reason", "")),
         )
 
 
@@ -88,6 +102,8 @@ class TransferJournal:
         logs_dir.mkdir(parents=True, exist_ok=True)
         self.path = journal_path(logs_dir, topic, group_id)
         self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._written = self._synced = 0
         self.entries = self._load()
         if len(self.entries) > KEEP_ENTRIES:
             self.entries = self.entries[-KEEP_ENTRIES:]
@@ -120,11 +136,19 @@ class TransferJournal:
         os.replace(tmp, self.path)
 
     def append(self, entry: JournalEntry) -> None:
+        """Returns once the entry is on disk. Appends from several upload threads
+        share fsyncs (group commit): one fsync covers every line written before it."""
         line = entry.to_json() + "\n"
         with self._lock:
             self._fh.write(line)
             self._fh.flush()
-            os.fsync(self._fh.fileno())
+            self._written += 1
+            mine = self._written
+        with self._sync_lock:
+            if self._synced < mine:
+                upto = self._written
+                os.fsync(self._fh.fileno())
+                self._synced = upto
         failpoints.hit("journaled")
 
     def close(self) -> None:

@@ -138,7 +138,9 @@ FAILED = "failed"
 MISMATCHED_HASH = "mismatched_hash"
 #: Not an OpenMSIStream status: the file cannot complete from what this process reads.
 WAITING = "waiting_for_chunks"
-_FAILED_STATUSES = (FAILED, MISMATCHED_HASH)
+#: Given up: no chunk arrived for a long time while the log moved on (producer stopped).
+ABANDONED = "abandoned"
+_FAILED_STATUSES = (FAILED, MISMATCHED_HASH, ABANDONED)
 
 
 class RegistryError(S3TransferStreamError, ValueError):

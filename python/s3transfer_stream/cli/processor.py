@@ -278,7 +278,10 @@ def main(argv: list[str] | None = None, *, stdin: TextIO | None = None) -> int:
         group=options.group_id,
         member=member_id(),
     )
-    processor = S3TransferStreamProcessor(config, options, store)
+    try:
+        processor = S3TransferStreamProcessor(config, options, store)
+    except S3TransferStreamError as err:
+        return fail(log, str(err), EXIT_FAILED)
     console = Console(processor.on_check, alive_seconds=args.update_seconds, stdin=stdin)
     console.start()
     processor.start()
