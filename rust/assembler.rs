@@ -956,8 +956,16 @@ impl Assembler {
                 pos = pos.min(pin);
             }
             pos = pos.max(st.floor);
-            st.done.prune_below(pos.max(0) as u64);
-            let done_above = st.done.ranges().map(|(a, b)| (a as i64, b as i64)).collect();
+            // Only what a confirmed commit passed can be forgotten: if this commit
+            // fails and the partition is read again from the older one, the done
+            // runs between them still save those files from a second transfer.
+            st.done.prune_below(st.floor.max(0) as u64);
+            let done_above = st
+                .done
+                .ranges()
+                .filter(|&(_, b)| b as i64 > pos)
+                .map(|(a, b)| ((a as i64).max(pos), b as i64))
+                .collect();
             out.push(CommitPosition { partition: *p, offset: pos, done_above });
         }
         out
@@ -1712,6 +1720,9 @@ mod tests {
         assert!(asm.settle(complete.unwrap()));
         let pos = asm.commit_positions(&[0, 1]);
         assert_eq!(pos.iter().map(|c| (c.partition, c.offset)).collect::<Vec<_>>(), vec![(0, 1), (1, 2)]);
+        // The commit of 1 was not confirmed: the partition is read again from 0 and
+        // the settled file's offsets are still known as done.
+        assert_eq!(asm.assigned(0, 0, &[]), 1);
         // Never below the floor (what the group committed when the partition came back).
         asm.assigned(0, 5, &[]);
         assert_eq!(asm.commit_positions(&[0])[0].offset, 5);
