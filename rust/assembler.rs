@@ -112,6 +112,9 @@ pub struct FileInfo {
     /// duplicates of its chunks (a producer retry). Its bytes are already in the
     /// bucket, so it pins no offsets: if it never completes, nothing is lost.
     pub echo: bool,
+    /// Where its first chunk was read: stored with the object, so a late upload
+    /// can tell a newer version of the key (later in the same partition) from an older one.
+    pub first: Position,
 }
 
 /// Per partition, the half-open offset ranges of a file's messages.
@@ -690,6 +693,7 @@ impl Assembler {
             file_hash: *chunk.file_hash,
             mtime: chunk.file_mtime,
             echo,
+            first: pos,
         };
         let fa =
             Arc::new(Mutex::new(FileAssembly::new(info, self.part_size, chunk, Arc::clone(&self.budget))));
@@ -1651,6 +1655,7 @@ mod tests {
                 file_hash: [0; 64],
                 mtime: None,
                 echo: false,
+                first: Position { partition: 0, offset: 0 },
             },
             asm.part_size(),
             &Chunk {

@@ -249,6 +249,9 @@ pub struct FileInfo {
     /// Same hash and chunk count as a file already reassembled earlier in the
     /// log (produced again, or stray duplicate chunks); it pins no offsets.
     echo: bool,
+    /// Where its first chunk was read.
+    first_partition: i32,
+    first_offset: i64,
 }
 
 #[pymethods]
@@ -270,6 +273,8 @@ fn file_info(py: Python<'_>, f: &assembler::FileInfo) -> PyResult<Py<FileInfo>> 
             file_hash: PyBytes::new(py, &f.file_hash).unbind(),
             file_mtime: f.mtime,
             echo: f.echo,
+            first_partition: f.first.partition,
+            first_offset: f.first.offset,
         },
     )
 }

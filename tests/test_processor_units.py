@@ -51,7 +51,7 @@ class FakeStore:
         self.calls = 0
         self.client = None
 
-    def put(self, key: str, data: Any, *, crc64nvme: int) -> dict[str, str]:
+    def put(self, key: str, data: Any, *, crc64nvme: int, **_: Any) -> dict[str, str]:
         self.calls += 1
         if self.faults:
             raise self.faults.pop(0)
@@ -163,7 +163,7 @@ def test_an_older_instance_of_a_key_is_never_written_after_a_newer_one(parts: An
     real_put = store.put
     order: list[bytes] = []
 
-    def put(key: str, data: Any, *, crc64nvme: int) -> dict[str, str]:
+    def put(key: str, data: Any, *, crc64nvme: int, **_: Any) -> dict[str, str]:
         if bytes(memoryview(data)) == b"old":
             gate.wait(5)
         order.append(bytes(memoryview(data)))
@@ -236,3 +236,52 @@ def test_consumer_protocol_drops_the_settings_the_broker_owns() -> None:
     assert incremental and "session.timeout.ms" not in settings
     _, incremental = consumer_settings({"partition.assignment.strategy": "cooperative-sticky"}, LOG)
     assert incremental
+
+
+@pytest.mark.integration
+def test_a_late_upload_after_takeover_never_overwrites_a_newer_version(
+    tmp_path: Path, new_bucket: Any, s3_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Build item 6: the partition moved away while this member still owned the file;
+    meanwhile the new owner stored a newer version (later in the same partition). The
+    late write is conditional and skipped; an older stored version is overwritten."""
+    from s3transfer_stream.s3 import ObjectStore
+
+    bucket = new_bucket()
+    store = ObjectStore(s3_client, bucket)
+    options = ProcessorOptions(bucket=bucket, topic="t", group_id="g", output_dir=tmp_path)
+    ledger = Ledger(5 << 20, 64 << 20, "TID")
+    journal = TransferJournal(tmp_path, "t", "g")
+    registry = StreamRegistry(tmp_path, "t", "g")
+    up = Uploader(
+        options=options,
+        store=store,
+        ledger=ledger,
+        journal=journal,
+        registry=registry,
+        stats=Stats(),
+        log=LOG,
+    )
+    try:
+        ledger.assigned(0, 0, None)
+        newer = b"newer version"
+        store.put("t/f.dat", newer, crc64nvme=_core.crc64nvme(newer), position="TID/0/10")
+        events, _, _ = ledger.feed([(0, 3, chunks("f.dat", b"late older", 100)[0])])
+        up.handle(events[:1])
+        up.revoked([], {0})
+        up.handle(events[1:])
+        wait_until(lambda: ledger.commit_offsets([0]) == [(0, 4, "")])
+        assert s3_client.get_object(Bucket=bucket, Key="t/f.dat")["Body"].read() == newer
+        # An older version in the bucket is replaced (conditionally).
+        events, _, _ = ledger.feed([(0, 20, chunks("f.dat", b"newest", 100)[0])])
+        up.handle(events[:1])
+        up.revoked([], {0})
+        up.handle(events[1:])
+        wait_until(lambda: ledger.commit_offsets([0]) == [(0, 21, "")])
+        assert s3_client.get_object(Bucket=bucket, Key="t/f.dat")["Body"].read() == b"newest"
+        head = s3_client.head_object(Bucket=bucket, Key="t/f.dat")
+        assert head["Metadata"]["s3ts-position"] == "TID/0/20"
+    finally:
+        up.stop(grace=5)
+        registry.close()
+        journal.close()

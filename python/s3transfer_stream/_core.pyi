@@ -159,6 +159,11 @@ class FileInfo:
     def echo(self) -> bool:
         """Same hash and chunk count as a file already reassembled earlier in the log
         (produced again, or stray duplicate chunks); it pins no offsets."""
+    @property
+    def first_partition(self) -> int:
+        """Partition of the message its first chunk came in."""
+    @property
+    def first_offset(self) -> int: ...
 
 @final
 class FileStarted:

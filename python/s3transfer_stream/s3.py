@@ -243,15 +243,30 @@ class ObjectStore:
 
     # -- single PUT ---------------------------------------------------------
 
-    def put(self, key: str, data: BufferLike, *, crc64nvme: int) -> dict[str, str]:
+    def put(
+        self,
+        key: str,
+        data: BufferLike,
+        *,
+        crc64nvme: int,
+        position: str = "",
+        condition: Condition | None = None,
+    ) -> dict[str, str]:
         """One PUT carrying our CRC64NVME, so the server refuses bytes that changed
         on the way. A server that does not take the checksum gets a plain PUT
-        (said once in the log); validation then re-reads the object instead."""
+        (said once in the log); validation then re-reads the object instead.
+        ``position`` (where the file's first chunk sits in the log) is stored as
+        metadata; ``condition`` makes the write conditional (``PreconditionFailed``)."""
+        extra = _write_extra(position, condition)
         if self.checksum_put:
             value = b64_crc64(crc64nvme)
             try:
                 r = self.client.put_object(
-                    Bucket=self.bucket, Key=key, Body=BufferReader(data), ChecksumCRC64NVME=value
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=BufferReader(data),
+                    ChecksumCRC64NVME=value,
+                    **extra,
                 )
                 return _sent(value, r)
             except ClientError as err:
@@ -264,15 +279,28 @@ class ObjectStore:
                             "The S3 server does not accept CRC64NVME checksums "
                             f"({describe_client_error(err)}); uploading without them"
                         )
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=BufferReader(data))
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=BufferReader(data), **extra)
         return {}
+
+    def stored_position(self, key: str) -> tuple[str, str] | None:
+        """``(ETag, position metadata)`` of the object now stored at ``key``, or None."""
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as err:
+            if error_code(err) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return str(head.get("ETag", "")), str(head.get("Metadata", {}).get(POSITION_KEY, ""))
 
     # -- multipart -------------------------------------------------------------
 
-    def start_multipart(self, key: str) -> str:
+    def start_multipart(self, key: str, *, position: str = "") -> str:
         extra: dict[str, Any] = {}
-        if self.upload_metadata:
-            extra["Metadata"] = self.upload_metadata
+        if self.upload_metadata or position:
+            extra["Metadata"] = {
+                **self.upload_metadata,
+                **({POSITION_KEY: position} if position else {}),
+            }
         r = self.client.create_multipart_upload(
             Bucket=self.bucket,
             Key=key,
@@ -296,7 +324,13 @@ class ObjectStore:
         return {"PartNumber": number, "ETag": r["ETag"], "ChecksumCRC64NVME": b64_crc64(crc64nvme)}
 
     def complete_multipart(
-        self, key: str, upload_id: str, parts: list[dict[str, Any]], crc64nvme: int
+        self,
+        key: str,
+        upload_id: str,
+        parts: list[dict[str, Any]],
+        crc64nvme: int,
+        *,
+        condition: Condition | None = None,
     ) -> dict[str, str]:
         value = b64_crc64(crc64nvme)
         r = self.client.complete_multipart_upload(
@@ -306,6 +340,7 @@ class ObjectStore:
             MultipartUpload={"Parts": sorted(parts, key=lambda p: int(p["PartNumber"]))},
             ChecksumCRC64NVME=value,
             ChecksumType="FULL_OBJECT",
+            **_write_extra("", condition),
         )
         return _sent(value, r)
 
@@ -388,6 +423,35 @@ class ObjectStore:
                 False, "sha512-reread", "SHA-512 of the stored object differs from the producer's"
             )
         return Validation(True, "sha512-reread", "re-read object matches the producer's SHA-512")
+
+
+#: User metadata holding where a stored file's first chunk sat in the log
+#: (``<topic id>/<partition>/<offset>``), to tell newer versions of a key from older.
+POSITION_KEY = "s3ts-position"
+
+#: A conditional write: ``("match", etag)`` or ``("none", "*")`` (the key must not exist).
+Condition = tuple[str, str]
+
+
+def _write_extra(position: str, condition: Condition | None) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    if position:
+        extra["Metadata"] = {POSITION_KEY: position}
+    if condition is not None:
+        kind, value = condition
+        extra["IfMatch" if kind == "match" else "IfNoneMatch"] = value
+    return extra
+
+
+def newer_position(stored: str, ours: str) -> bool:
+    """True when ``stored`` names a later message of the same partition of the same
+    topic incarnation than ``ours``: the object in the bucket is a newer version."""
+    try:
+        s_topic, s_part, s_off = stored.rsplit("/", 2)
+        o_topic, o_part, o_off = ours.rsplit("/", 2)
+        return s_topic == o_topic and s_part == o_part and int(s_off) > int(o_off)
+    except ValueError:
+        return False
 
 
 #: Key in what :meth:`ObjectStore.put`/``complete_multipart`` return: the checksum

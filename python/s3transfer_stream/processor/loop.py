@@ -359,7 +359,7 @@ class ConsumerLoop:
     def _release(self, revoked: set[int]) -> None:
         if not revoked:
             return
-        self.uploader.revoked(self.ledger.revoked(sorted(revoked)))
+        self.uploader.revoked(self.ledger.revoked(sorted(revoked)), revoked)
         self.owned -= revoked
         self._paused -= revoked
         for p in revoked:

@@ -30,7 +30,15 @@ from botocore.exceptions import ClientError
 from .. import _core, failpoints
 from ..journal import JournalEntry, TransferJournal
 from ..registry import ABANDONED, FAILED, MISMATCHED_HASH, StreamRegistry
-from ..s3 import ObjectStore, Validation, describe_client_error, error_code, is_transient
+from ..s3 import (
+    Condition,
+    ObjectStore,
+    Validation,
+    describe_client_error,
+    error_code,
+    is_transient,
+    newer_position,
+)
 from ..stale_uploads import OpenUploads
 from .ledger import Ledger
 from .options import ProcessorOptions, Stats, TransferResult
@@ -116,6 +124,9 @@ class FileUpload:
     finished: threading.Event = field(default_factory=threading.Event)
     after: FileUpload | None = None
     state: str = "receiving"
+    #: One of its partitions left this process while it was owned: another member
+    #: may write the key meanwhile, so the final write is conditional.
+    moved: bool = False
 
 
 class Uploader:
@@ -321,7 +332,7 @@ class Uploader:
                         fu.upload_started = datetime.now(UTC)
                         fu.upload_id = self._retry(
                             f"starting the multipart upload of {fu.key}",
-                            lambda: self.store.start_multipart(fu.key),
+                            lambda: self.store.start_multipart(fu.key, position=self._position(fu)),
                         )
                         if self.open_uploads is not None:
                             self.open_uploads.started(fu.key, fu.upload_id, bucket=self.o.bucket)
@@ -364,14 +375,22 @@ class Uploader:
         try:
             try:
                 self._wait_turn(fu)
-                sent = self._retry(
-                    f"PUT of {fu.key}", lambda: self.store.put(fu.key, data, crc64nvme=crc)
+                position = self._position(fu)
+                written = self._write(
+                    fu,
+                    f"PUT of {fu.key}",
+                    lambda cond: self.store.put(
+                        fu.key, data, crc64nvme=crc, position=position, condition=cond
+                    ),
                 )
             finally:
                 data = None
                 with self._lock:
                     self._backlog -= 1
-            self._validated(fu, size, sent, parts=0)
+            if written is None:
+                self._newer_in_bucket(fu)
+                return
+            self._validated(fu, size, written, parts=0)
         except ShuttingDown:
             self.log.info(f"Stopping: {fu.info.rel_output_path} is left for the next run")
         except Exception as err:
@@ -401,11 +420,13 @@ class Uploader:
             failpoints.hit("before_complete")
             attempts = 0
 
-            def complete() -> dict[str, str]:
+            def complete(cond: Condition | None) -> dict[str, str]:
                 nonlocal attempts
                 attempts += 1
                 try:
-                    return self.store.complete_multipart(fu.key, upload_id, parts, crc)
+                    return self.store.complete_multipart(
+                        fu.key, upload_id, parts, crc, condition=cond
+                    )
                 except ClientError as err:
                     # A retried completion whose first attempt did complete: the
                     # validation below checks the object that is there.
@@ -413,7 +434,12 @@ class Uploader:
                         return {"ChecksumCRC64NVME": ""}
                     raise
 
-            sent = self._retry(f"completing the multipart upload of {fu.key}", complete)
+            written = self._write(fu, f"completing the multipart upload of {fu.key}", complete)
+            if written is None:
+                self._abort(fu)
+                self._newer_in_bucket(fu)
+                return
+            sent = written
             if sent.get("ChecksumCRC64NVME") == "":
                 sent = {}
             if self.open_uploads is not None:
@@ -432,6 +458,59 @@ class Uploader:
             )
         finally:
             self._done_with(fu)
+
+    def _position(self, fu: FileUpload) -> str:
+        return f"{self.topic_id}/{fu.info.first_partition}/{fu.info.first_offset}"
+
+    def _write(
+        self,
+        fu: FileUpload,
+        what: str,
+        write: Callable[[Condition | None], dict[str, str]],
+    ) -> dict[str, str] | None:
+        """The final write of a file. When one of its partitions moved to another
+        member while it was owned, the write is conditional on the object not having
+        changed since it was read, and skipped (None) if the bucket already holds a
+        newer version (a later message of the same partition)."""
+        if not fu.moved:
+            return self._retry(what, lambda: write(None))
+        ours = self._position(fu)
+        while True:
+            stored = self._retry(f"reading {fu.key}", lambda: self.store.stored_position(fu.key))
+            if stored is not None and newer_position(stored[1], ours):
+                return None
+            cond: Condition = ("match", stored[0]) if stored is not None else ("none", "*")
+            try:
+                return self._retry(what, lambda c=cond: write(c))  # type: ignore[misc]
+            except ClientError as err:
+                if error_code(err) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                    continue  # written by someone else meanwhile: look again
+                raise
+
+    def _newer_in_bucket(self, fu: FileUpload) -> None:
+        info = fu.info
+        self.log.info(
+            f"Not writing {info.rel_output_path}: s3://{self.o.bucket}/{fu.key} already holds a "
+            "newer version, written by the member that took over its partition"
+        )
+        self.journal.append(
+            JournalEntry(
+                rel_path=info.rel_path,
+                filename=info.filename,
+                n_chunks=info.n_chunks,
+                key=fu.key,
+                size=0,
+                first_message=fu.first_message,
+                processed_at=datetime.now().replace(microsecond=0),
+                offsets=fu.offsets,
+                topic_id=self.topic_id,
+                outcome="superseded",
+                reason="a newer version is in the bucket",
+            )
+        )
+        self.registry.discard_in_progress(info.rel_path, started_by=datetime.now())
+        self._pop(info.instance)
+        self.ledger.settle(info.instance)
 
     def _abort_older_uploads(self, key: str, ours: str, started: datetime) -> None:
         """Aborts open multipart uploads of ``key`` started no later than ours: those
@@ -576,7 +655,10 @@ class Uploader:
         self.log.warning(f"Giving up {info.rel_output_path}: {why}; recorded as {ABANDONED}")
         self._give_up(fu, ABANDONED, why)
 
-    def revoked(self, dropped: list[_core.FileInfo]) -> None:
+    def revoked(self, dropped: list[_core.FileInfo], partitions: set[int]) -> None:
+        for up in self.uploads():
+            if up.info.first_partition in partitions or any(p in partitions for p, _ in up.offsets):
+                up.moved = True
         for info in dropped:
             fu = self._pop(info.instance)
             if fu is not None and fu.upload_id:
