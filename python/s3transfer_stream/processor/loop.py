@@ -330,6 +330,13 @@ class ConsumerLoop:
                 consumer.incremental_assign(starts + others)
             else:
                 consumer.assign(starts + others)
+        # librdkafka keeps an application pause across reassignment: a partition we
+        # paused (upload backlog full) and get back would never be fetched again.
+        try:
+            consumer.resume(starts)
+        except KafkaException as err:
+            self.log.debug(f"Could not resume assigned partitions of {topic}: {err}")
+        self._paused -= {tp.partition for tp in starts}
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         revoked = {tp.partition for tp in partitions if tp.topic == self.o.topic} & self.owned

@@ -113,6 +113,7 @@ class FileUpload:
     first_message: datetime
     # Parts of a file spread over partitions can arrive on two consumer threads at once.
     lock: threading.Lock = field(default_factory=threading.Lock)
+    parts_lock: threading.Lock = field(default_factory=threading.Lock)
     upload_id: str | None = None
     upload_started: datetime | None = None
     parts: list[Future[dict[str, Any] | None]] = field(default_factory=list)
@@ -249,7 +250,9 @@ class Uploader:
             with self._lock:
                 self._backlog -= 1
             raise
-        with fu.lock:
+        # Not fu.lock: a part worker holds it while starting the upload, which can
+        # hang on S3; the consumer thread must never wait for S3.
+        with fu.parts_lock:
             fu.parts.append(fut)
 
     def _on_complete(self, ev: _core.FileComplete) -> None:
