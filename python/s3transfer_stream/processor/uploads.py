@@ -496,21 +496,7 @@ class Uploader:
             f"Not writing {info.rel_output_path}: s3://{self.o.bucket}/{fu.key} already holds a "
             "newer version, written by the member that took over its partition"
         )
-        self.journal.append(
-            JournalEntry(
-                rel_path=info.rel_path,
-                filename=info.filename,
-                n_chunks=info.n_chunks,
-                key=fu.key,
-                size=0,
-                first_message=fu.first_message,
-                processed_at=datetime.now().replace(microsecond=0),
-                offsets=fu.offsets,
-                topic_id=self.topic_id,
-                outcome="superseded",
-                reason="a newer version is in the bucket",
-            )
-        )
+        self._journal_not_transferred(fu, "superseded", "a newer version is in the bucket")
         self.registry.discard_in_progress(info.rel_path, started_by=datetime.now())
         self._pop(info.instance)
         self.ledger.settle(info.instance)
@@ -614,8 +600,8 @@ class Uploader:
         )
         self._give_up(fu, FAILED, reason)
 
-    def _give_up(self, fu: FileUpload, status: str, reason: str) -> None:
-        """Records a file that will not be transferred, durably, then settles it."""
+    def _journal_not_transferred(self, fu: FileUpload, outcome: str, reason: str) -> None:
+        """The durable record that the file's offsets are accounted for without a transfer."""
         info = fu.info
         self.journal.append(
             JournalEntry(
@@ -628,10 +614,15 @@ class Uploader:
                 processed_at=datetime.now().replace(microsecond=0),
                 offsets=fu.offsets,
                 topic_id=self.topic_id,
-                outcome=status,
+                outcome=outcome,
                 reason=reason,
             )
         )
+
+    def _give_up(self, fu: FileUpload, status: str, reason: str) -> None:
+        """Records a file that will not be transferred, durably, then settles it."""
+        info = fu.info
+        self._journal_not_transferred(fu, status, reason)
         self.registry.register_failed(info.rel_path, info.filename, info.n_chunks, status=status)
         self._pop(info.instance)
         self.ledger.settle(info.instance)
