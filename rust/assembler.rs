@@ -155,6 +155,9 @@ pub enum Disposition {
     Duplicate,
     Stale,
     Rejected,
+    /// The partition is read by another consumer thread now (or by no one in
+    /// this process): the message is left to its reader.
+    NotOurs,
     /// Not stored for lack of reassembly memory; read it again later.
     Deferred,
 }
@@ -347,8 +350,25 @@ struct Table {
     next_instance: u64,
 }
 
+/// Which consumer thread of this process reads a partition. A partition moves
+/// between threads of one process through a rebalance whose callbacks run on
+/// each thread in its own time: the old reader may learn that it lost the
+/// partition (`on_lost`, or a revocation it handles late) after the new reader
+/// was assigned it and began reading. Every change a reader makes to a
+/// partition's state is therefore checked against who reads it now.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Reader {
+    /// Never assigned: a caller that does not track assignment (tests, tools).
+    #[default]
+    Unassigned,
+    Thread(u32),
+    /// Released by its last reader and not assigned again in this process.
+    Released,
+}
+
 #[derive(Default)]
 struct PartitionState {
+    reader: Reader,
     /// The next offset to read (every message below it was handed to `add`), if read at all.
     next: Option<i64>,
     /// Never commit below this: what the group had committed when the partition
@@ -357,6 +377,16 @@ struct PartitionState {
     /// Offsets of messages accounted for: their files are settled, or they were
     /// learnt to be so from commit metadata or the journal. Skipped undecoded.
     done: IntervalSet,
+}
+
+impl PartitionState {
+    fn is_read_by(&self, reader: u32) -> bool {
+        match self.reader {
+            Reader::Unassigned => true,
+            Reader::Thread(r) => r == reader,
+            Reader::Released => false,
+        }
+    }
 }
 
 /// Where a partition may be committed, and the done runs above that position.
@@ -453,20 +483,39 @@ impl Assembler {
         self.part_size
     }
 
-    /// Feeds messages in log order. A partition whose message is deferred (no
-    /// memory) takes no more messages from this batch, and its read position
-    /// goes back to that message; returns the `(partition, offset)` to read again from.
+    /// Feeds messages read by consumer thread `reader`, in log order. A
+    /// partition whose message is deferred (no memory) takes no more messages
+    /// from this batch, and its read position goes back to that message;
+    /// returns the `(partition, offset)` to read again from. Messages of a
+    /// partition another thread reads now (or none in this process) are
+    /// `NotOurs` and change nothing: its reader reads them.
     pub fn add_batch(
         &self,
         messages: &[(Position, Option<&[u8]>)],
+        reader: u32,
         out: &mut Vec<Event>,
     ) -> (Vec<Disposition>, Vec<(i32, i64)>) {
         let mut deferred: Vec<(i32, i64)> = Vec::new();
         let mut dispositions = Vec::with_capacity(messages.len());
+        let mut not_ours: Vec<i32> = Vec::new();
+        let mut ours: Vec<i32> = Vec::new();
         for (pos, value) in messages {
             if deferred.iter().any(|(p, _)| *p == pos.partition) {
                 dispositions.push(Disposition::Deferred);
                 continue;
+            }
+            if not_ours.contains(&pos.partition) {
+                dispositions.push(Disposition::NotOurs);
+                continue;
+            }
+            if !ours.contains(&pos.partition) {
+                if self.reads(pos.partition, reader) {
+                    ours.push(pos.partition);
+                } else {
+                    not_ours.push(pos.partition);
+                    dispositions.push(Disposition::NotOurs);
+                    continue;
+                }
             }
             let d = match value {
                 Some(v) => self.add(*pos, v, out),
@@ -492,6 +541,11 @@ impl Assembler {
             dispositions.push(d);
         }
         (dispositions, deferred)
+    }
+
+    /// Whether `reader` reads `partition` now (or no thread was ever assigned it).
+    fn reads(&self, partition: i32, reader: u32) -> bool {
+        lock(&self.partitions).get(&partition).map_or(true, |st| st.is_read_by(reader))
     }
 
     fn consumed(&self, pos: Position) {
@@ -846,10 +900,11 @@ impl Assembler {
     /// The partition was assigned to a reader that starts at `committed` (the
     /// group's committed offset, or -1 for none) with `done_above` known to be
     /// done. Returns the offset to start reading from (past done runs).
-    pub fn assigned(&self, partition: i32, committed: i64, done_above: &[(i64, i64)]) -> i64 {
+    pub fn assigned(&self, partition: i32, reader: u32, committed: i64, done_above: &[(i64, i64)]) -> i64 {
         self.skip_offsets(partition, done_above);
         let mut ps = lock(&self.partitions);
         let st = ps.entry(partition).or_default();
+        st.reader = Reader::Thread(reader);
         st.floor = committed.max(0);
         if committed < 0 {
             st.next = None;
@@ -862,9 +917,9 @@ impl Assembler {
 
     /// If the read position of `partition` is at the start of a done run, moves
     /// it past the run and returns where to seek.
-    pub fn skip_ahead(&self, partition: i32) -> Option<i64> {
+    pub fn skip_ahead(&self, partition: i32, reader: u32) -> Option<i64> {
         let mut ps = lock(&self.partitions);
-        let st = ps.get_mut(&partition)?;
+        let st = ps.get_mut(&partition).filter(|st| st.is_read_by(reader))?;
         let next = st.next?;
         let end = st.done.end_of_run(next.max(0) as u64)? as i64;
         st.next = Some(end);
@@ -878,35 +933,39 @@ impl Assembler {
         st.floor = st.floor.max(offset);
     }
 
-    /// The partitions left this reader. Files being received all of whose
-    /// messages lie in them are dropped (their next reader reads them again
-    /// from the committed offset) and returned, so their uploads can be
-    /// aborted; a file with messages in a partition still read keeps its state.
-    /// Owned files stay: they are uploaded and settled as usual.
-    pub fn revoked(&self, partitions: &[i32]) -> Vec<FileInfo> {
+    /// The partitions left consumer thread `reader`. A partition another
+    /// thread was assigned meanwhile (the old reader heard of the rebalance
+    /// late) stays as that thread has it. Files being received none of whose
+    /// messages lie in a partition still read in this process are dropped
+    /// (their next reader reads them again from the committed offset) and
+    /// returned, so their uploads can be aborted; a file with messages in a
+    /// partition still read keeps its state. Owned files stay: they are
+    /// uploaded and settled as usual.
+    pub fn revoked(&self, partitions: &[i32], reader: u32) -> Vec<FileInfo> {
         let mut dropped = Vec::new();
-        {
-            let mut t = lock(&self.table);
-            for files in t.files.values_mut() {
-                files.retain(|f| {
-                    let mut fa = lock(f);
-                    if !fa.offsets.is_empty() && fa.offsets.keys().all(|p| partitions.contains(p)) {
-                        fa.retired = true;
-                        dropped.push(fa.info.clone());
-                        false
-                    } else {
-                        true
-                    }
-                });
-            }
-            t.files.retain(|_, v| !v.is_empty());
-        }
+        let mut t = lock(&self.table);
         let mut ps = lock(&self.partitions);
         for p in partitions {
-            if let Some(st) = ps.get_mut(p) {
+            let st = ps.entry(*p).or_default();
+            if st.is_read_by(reader) {
+                st.reader = Reader::Released;
                 st.next = None;
             }
         }
+        let released = |p: &i32| ps.get(p).is_some_and(|st| st.reader == Reader::Released);
+        for files in t.files.values_mut() {
+            files.retain(|f| {
+                let mut fa = lock(f);
+                if !fa.offsets.is_empty() && fa.offsets.keys().all(released) {
+                    fa.retired = true;
+                    dropped.push(fa.info.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        t.files.retain(|_, v| !v.is_empty());
         dropped
     }
 
@@ -947,13 +1006,13 @@ impl Assembler {
     /// (the low watermark: the next offset to read, or the lowest offset of a
     /// file not yet settled if that is lower, never below the floor), and the
     /// done runs above it for the commit metadata.
-    pub fn commit_positions(&self, partitions: &[i32]) -> Vec<CommitPosition> {
+    pub fn commit_positions(&self, partitions: &[i32], reader: u32) -> Vec<CommitPosition> {
         let t = lock(&self.table);
         let pins = Self::pins_locked(&t);
         let mut ps = lock(&self.partitions);
         let mut out = Vec::new();
         for p in partitions {
-            let Some(st) = ps.get_mut(p) else { continue };
+            let Some(st) = ps.get_mut(p).filter(|st| st.is_read_by(reader)) else { continue };
             let Some(next) = st.next else { continue };
             let mut pos = next;
             if let Some(&pin) = pins.get(p) {
@@ -1606,6 +1665,7 @@ mod tests {
                 (Position { partition: 0, offset: 5 }, Some(msgs[5].bytes.as_slice())),
                 (Position { partition: 1, offset: 0 }, Some(msgs[0].bytes.as_slice())),
             ],
+            0,
             &mut ev,
         );
         assert_eq!(d, vec![Disposition::Deferred, Disposition::Deferred, Disposition::Stored]);
@@ -1632,7 +1692,7 @@ mod tests {
         asm.add(Position { partition: 3, offset: 42 }, &b[0].bytes, &mut events);
         asm.add(Position { partition: 4, offset: 7 }, &b[1].bytes, &mut events);
         assert_eq!(asm.pinned_offsets().get(&3), Some(&40));
-        let dropped = asm.revoked(&[3]);
+        let dropped = asm.revoked(&[3], 0);
         assert_eq!(dropped.iter().map(|f| f.rel_path.as_str()).collect::<Vec<_>>(), vec!["a"]);
         // b keeps its chunks and its pins in both partitions, and completes.
         assert_eq!(asm.pinned_offsets().get(&3), Some(&42));
@@ -1706,31 +1766,35 @@ mod tests {
         let asm = Assembler::with_any_part_size(1000);
         let m = chunks_of("s", "", &content(300, 4), 100, 1.0);
         let mut ev = Vec::new();
-        asm.assigned(0, 0, &[]);
-        asm.assigned(1, 0, &[]);
-        asm.add_batch(&[(Position { partition: 0, offset: 0 }, Some(m[0].bytes.as_slice()))], &mut ev);
+        asm.assigned(0, 0, 0, &[]);
+        asm.assigned(1, 1, 0, &[]);
+        asm.add_batch(&[(Position { partition: 0, offset: 0 }, Some(m[0].bytes.as_slice()))], 0, &mut ev);
         asm.add_batch(
             &[
                 (Position { partition: 1, offset: 0 }, Some(m[1].bytes.as_slice())),
                 (Position { partition: 1, offset: 1 }, Some(m[2].bytes.as_slice())),
             ],
+            1,
             &mut ev,
         );
         let complete = ev.iter().find_map(|e| match e {
             Event::Complete { file, .. } => Some(file.instance),
             _ => None,
         });
-        let pos = asm.commit_positions(&[0, 1]);
-        assert_eq!(pos.iter().map(|c| (c.partition, c.offset)).collect::<Vec<_>>(), vec![(0, 0), (1, 0)]);
+        let positions = |asm: &Assembler| {
+            let mut v = asm.commit_positions(&[0], 0);
+            v.extend(asm.commit_positions(&[1], 1));
+            v.iter().map(|c| (c.partition, c.offset)).collect::<Vec<_>>()
+        };
+        assert_eq!(positions(&asm), vec![(0, 0), (1, 0)]);
         assert!(asm.settle(complete.unwrap()));
-        let pos = asm.commit_positions(&[0, 1]);
-        assert_eq!(pos.iter().map(|c| (c.partition, c.offset)).collect::<Vec<_>>(), vec![(0, 1), (1, 2)]);
+        assert_eq!(positions(&asm), vec![(0, 1), (1, 2)]);
         // The commit of 1 was not confirmed: the partition is read again from 0 and
         // the settled file's offsets are still known as done.
-        assert_eq!(asm.assigned(0, 0, &[]), 1);
+        assert_eq!(asm.assigned(0, 0, 0, &[]), 1);
         // Never below the floor (what the group committed when the partition came back).
-        asm.assigned(0, 5, &[]);
-        assert_eq!(asm.commit_positions(&[0])[0].offset, 5);
+        asm.assigned(0, 0, 5, &[]);
+        assert_eq!(asm.commit_positions(&[0], 0)[0].offset, 5);
     }
 
     #[test]
@@ -1802,5 +1866,66 @@ mod tests {
             prop_assert_eq!(events.iter().filter(|e| matches!(e, Event::Complete { .. })).count(), 1);
             prop_assert!(asm.pinned_offsets().is_empty());
         }
+    }
+
+    #[test]
+    fn a_thread_that_hears_late_of_losing_a_partition_changes_nothing_for_its_new_reader() {
+        // A spread file: chunks 0..3 in partition 1, chunk 3 in partition 0.
+        // Thread 0 reads partition 1, then the partition moves to thread 1 of
+        // the same process, which is assigned it and reads it again from the
+        // committed offset *before* thread 0 hears that it lost it (`on_lost`
+        // after a broker outage, or a revocation handled late).
+        let asm = Assembler::with_any_part_size(1000);
+        let m = chunks_of("s", "", &content(400, 6), 100, 1.0);
+        let batch = |from: i64, n: usize| -> Vec<(Position, Option<&[u8]>)> {
+            (0..n)
+                .map(|i| (Position { partition: 1, offset: from + i as i64 }, Some(m[i].bytes.as_slice())))
+                .collect()
+        };
+        let mut ev = Vec::new();
+        asm.assigned(1, 0, 18, &[]);
+        asm.add_batch(&batch(18, 3), 0, &mut ev);
+        assert_eq!(asm.commit_positions(&[1], 0)[0].offset, 18);
+        // Thread 1 takes over and re-reads the file's chunks (duplicates here).
+        assert_eq!(asm.assigned(1, 1, 18, &[]), 18);
+        let (d, _) = asm.add_batch(&batch(18, 3), 1, &mut ev);
+        assert_eq!(d, vec![Disposition::Duplicate; 3]);
+        // A late message fetched by thread 0 before it lost the partition.
+        let (d, _) = asm.add_batch(
+            &[(Position { partition: 1, offset: 40 }, Some(m[0].bytes.as_slice()))],
+            0,
+            &mut ev,
+        );
+        assert_eq!(d, vec![Disposition::NotOurs]);
+        // Thread 0 now hears of it: the file stays (it lies in a partition still read here).
+        assert!(asm.revoked(&[1], 0).is_empty());
+        assert_eq!(asm.commit_positions(&[1], 0), vec![]);
+        assert_eq!(asm.skip_ahead(1, 0), None);
+        assert_eq!(asm.commit_positions(&[1], 1)[0].offset, 18);
+        assert_eq!(asm.pinned_offsets().get(&1), Some(&18));
+        // The last chunk arrives in partition 0 and the file completes.
+        asm.assigned(0, 1, 0, &[]);
+        asm.add_batch(&[(Position { partition: 0, offset: 0 }, Some(m[3].bytes.as_slice()))], 1, &mut ev);
+        assert!(ev.iter().any(|e| matches!(e, Event::Complete { file, .. } if file.rel_path == "s")));
+    }
+
+    #[test]
+    fn revocation_drops_a_file_once_none_of_its_partitions_is_read_here() {
+        let asm = Assembler::with_any_part_size(1000);
+        let m = chunks_of("s", "", &content(300, 7), 100, 1.0);
+        let mut ev = Vec::new();
+        asm.assigned(0, 0, 0, &[]);
+        asm.assigned(1, 1, 0, &[]);
+        asm.add_batch(&[(Position { partition: 0, offset: 0 }, Some(m[0].bytes.as_slice()))], 0, &mut ev);
+        asm.add_batch(&[(Position { partition: 1, offset: 0 }, Some(m[1].bytes.as_slice()))], 1, &mut ev);
+        assert!(asm.revoked(&[0], 0).is_empty());
+        let dropped = asm.revoked(&[1], 1);
+        assert_eq!(dropped.iter().map(|f| f.rel_path.as_str()).collect::<Vec<_>>(), vec!["s"]);
+        assert!(asm.pinned_offsets().is_empty());
+        // Assigned again: read from the commit, the file starts over.
+        asm.assigned(0, 1, 0, &[]);
+        let (d, _) =
+            asm.add_batch(&[(Position { partition: 0, offset: 0 }, Some(m[0].bytes.as_slice()))], 1, &mut ev);
+        assert_eq!(d, vec![Disposition::Stored]);
     }
 }

@@ -477,7 +477,7 @@ pub struct Assembler {
 }
 
 impl Assembler {
-    fn feed_inner(&self, py: Python<'_>, messages: Vec<Bound<'_, PyAny>>) -> PyResult<Batch> {
+    fn feed_inner(&self, py: Python<'_>, messages: Vec<Bound<'_, PyAny>>, reader: u32) -> PyResult<Batch> {
         let mut owned: Vec<(Position, Option<Bound<'_, PyBytes>>)> = Vec::with_capacity(messages.len());
         for m in &messages {
             let (partition, offset, value): (i32, i64, Bound<'_, PyAny>) = if let Ok(t) = m.cast::<PyTuple>()
@@ -498,12 +498,12 @@ impl Assembler {
         let inner = &self.inner;
         let (events, dispositions, deferred) = py.detach(|| {
             let mut events = Vec::new();
-            let (d, deferred) = inner.add_batch(&borrowed, &mut events);
+            let (d, deferred) = inner.add_batch(&borrowed, reader, &mut events);
             (events, d, deferred)
         });
         let stored = dispositions
             .iter()
-            .filter(|d| !matches!(d, Disposition::Rejected | Disposition::Deferred))
+            .filter(|d| !matches!(d, Disposition::Rejected | Disposition::Deferred | Disposition::NotOurs))
             .count();
         let events = events.into_iter().map(|e| event_object(py, e)).collect::<PyResult<_>>()?;
         Ok((events, stored, deferred))
@@ -545,19 +545,24 @@ impl Assembler {
     /// Feeds a batch of messages: confluent-kafka `Message` objects or
     /// `(partition, offset, value)` tuples. Returns `(events, n_stored)`, where
     /// `n_stored` counts messages that were usable chunks (new or duplicate).
+    #[pyo3(signature = (messages, reader = 0))]
     fn add_messages(
         &self,
         py: Python<'_>,
         messages: Vec<Bound<'_, PyAny>>,
+        reader: u32,
     ) -> PyResult<(Vec<Py<PyAny>>, usize)> {
-        let (events, stored, _) = self.feed_inner(py, messages)?;
+        let (events, stored, _) = self.feed_inner(py, messages, reader)?;
         Ok((events, stored))
     }
 
     /// Like `add_messages`, and also returns the `(partition, offset)` of each
     /// partition whose messages were deferred for lack of memory (read them again from there).
-    fn feed(&self, py: Python<'_>, messages: Vec<Bound<'_, PyAny>>) -> PyResult<Batch> {
-        self.feed_inner(py, messages)
+    /// `reader` is the consumer thread that read them: messages of a partition
+    /// another thread reads now change nothing.
+    #[pyo3(signature = (messages, reader = 0))]
+    fn feed(&self, py: Python<'_>, messages: Vec<Bound<'_, PyAny>>, reader: u32) -> PyResult<Batch> {
+        self.feed_inner(py, messages, reader)
     }
 
     /// The instance is durably done or durably given up: its offsets may be committed past.
@@ -570,15 +575,18 @@ impl Assembler {
         self.inner.abandon(instance).map(|(f, runs)| Ok((file_info(py, &f)?, runs))).transpose()
     }
 
-    /// The partition was assigned with this committed offset (-1 for none) and
-    /// these done runs above it; returns the offset to start reading from.
-    fn assigned(&self, partition: i32, committed: i64, done_above: Vec<(i64, i64)>) -> i64 {
-        self.inner.assigned(partition, committed, &done_above)
+    /// The partition was assigned to consumer thread `reader` with this
+    /// committed offset (-1 for none) and these done runs above it; returns the
+    /// offset to start reading from.
+    #[pyo3(signature = (partition, committed, done_above, reader = 0))]
+    fn assigned(&self, partition: i32, committed: i64, done_above: Vec<(i64, i64)>, reader: u32) -> i64 {
+        self.inner.assigned(partition, reader, committed, &done_above)
     }
 
     /// If the read position of `partition` starts a done run, where to seek instead.
-    fn skip_ahead(&self, partition: i32) -> Option<i64> {
-        self.inner.skip_ahead(partition)
+    #[pyo3(signature = (partition, reader = 0))]
+    fn skip_ahead(&self, partition: i32, reader: u32) -> Option<i64> {
+        self.inner.skip_ahead(partition, reader)
     }
 
     /// A commit of `offset` to `partition` succeeded: never commit below it again.
@@ -586,15 +594,19 @@ impl Assembler {
         self.inner.committed(partition, offset);
     }
 
-    /// The partitions left this reader; returns files dropped with them.
-    fn revoked(&self, py: Python<'_>, partitions: Vec<i32>) -> PyResult<Vec<Py<FileInfo>>> {
-        self.inner.revoked(&partitions).iter().map(|f| file_info(py, f)).collect()
+    /// The partitions left consumer thread `reader` (those another thread was
+    /// assigned meanwhile stay its); returns files dropped with them.
+    #[pyo3(signature = (partitions, reader = 0))]
+    fn revoked(&self, py: Python<'_>, partitions: Vec<i32>, reader: u32) -> PyResult<Vec<Py<FileInfo>>> {
+        self.inner.revoked(&partitions, reader).iter().map(|f| file_info(py, f)).collect()
     }
 
-    /// `[(partition, offset to commit, done runs above it)]` for the partitions read so far.
-    fn commit_positions(&self, partitions: Vec<i32>) -> Vec<Commit> {
+    /// `[(partition, offset to commit, done runs above it)]` for the partitions
+    /// `reader` has read so far.
+    #[pyo3(signature = (partitions, reader = 0))]
+    fn commit_positions(&self, partitions: Vec<i32>, reader: u32) -> Vec<Commit> {
         self.inner
-            .commit_positions(&partitions)
+            .commit_positions(&partitions, reader)
             .into_iter()
             .map(|c| (c.partition, c.offset, c.done_above))
             .collect()

@@ -23,7 +23,15 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Producer
-from helpers import CHUNK, ProcessorRun, encoded_chunks, list_objects, read_object, write_tree
+from helpers import (
+    CHUNK,
+    ProcessorRun,
+    committed_offsets,
+    encoded_chunks,
+    list_objects,
+    read_object,
+    write_tree,
+)
 from s3transfer_stream.kafka import file_partition
 from s3transfer_stream.registry import InProgressRow, ProcessedRow, read_table
 
@@ -152,21 +160,9 @@ def journaled(out: Path, topic: str, group: str) -> set[str]:
     return rels
 
 
-SPREAD_UNEXPLAINED = (
-    "one fresh-clone run (alongside other tests restarting the broker) committed partition 1 "
-    "past 14 chunks of a spread file that was never transferred; not reproduced since and "
-    "not explained yet (see the note on the delivery-guarantee issue)"
-)
-
-
 @pytest.mark.parametrize(
     "layout",
-    [
-        "affine-1-thread",
-        pytest.param(
-            "spread-2-threads", marks=pytest.mark.xfail(strict=False, reason=SPREAD_UNEXPLAINED)
-        ),
-    ],
+    ["affine-1-thread", "spread-2-threads"],
 )
 def test_crash_matrix_loses_nothing_and_rereads_little(
     tmp_path: Path,
@@ -285,7 +281,18 @@ def test_crash_matrix_loses_nothing_and_rereads_little(
 
     # The last run goes to the end.
     final = ProcessorRun(bucket, topic, group, out, *common, tag="final")
-    final.wait_for(lambda: list_objects(s3_client, bucket) == expected, 300, "every object")
+    try:
+        final.wait_for(lambda: list_objects(s3_client, bucket) == expected, 300, "every object")
+    except AssertionError:
+        final.quit()
+        got = list_objects(s3_client, bucket)
+        missing = sorted(k for k in expected if got.get(k) != expected[k])
+        committed = committed_offsets(kafka_bootstrap, topic, group)
+        where = {k: offsets[k.split("/", 1)[1]] for k in missing}
+        raise AssertionError(
+            f"missing or wrong objects {missing}; their chunks (partition, offset): {where}; "
+            f"committed: {committed}\n" + "\n".join(reports)
+        ) from None
     # Objects can all be there from earlier runs; let the last run read to the end too
     # (the registry is written at most 5 s after a change).
     in_progress_csv = out / "LOGS" / f"consuming_from_{topic}_by_{group}_in_progress.csv"

@@ -58,6 +58,9 @@ class FakeStore:
         self.objects[key] = bytes(memoryview(data))
         return {}
 
+    def stored_position(self, key: str) -> tuple[str, str] | None:
+        return ("etag", "") if key in self.objects else None
+
     def validate_object(self, key: str, size: int, sent: Any, sha512: bytes) -> Validation:
         ok = hashlib.sha512(self.objects[key]).digest() == sha512
         return Validation(ok, "sha512-reread", "fake")
@@ -285,3 +288,81 @@ def test_a_late_upload_after_takeover_never_overwrites_a_newer_version(
         up.stop(grace=5)
         registry.close()
         journal.close()
+
+
+class AssigningConsumer(FakeConsumer):
+    """Also answers what the assignment callbacks ask: committed offsets, assign, resume."""
+
+    def __init__(self, committed: dict[int, int]) -> None:
+        super().__init__()
+        self.group_committed = committed
+
+    def committed(self, tps: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        return [
+            TopicPartition(tp.topic, tp.partition, self.group_committed.get(tp.partition, -1001))
+            for tp in tps
+        ]
+
+    def assign(self, tps: list[TopicPartition]) -> None:
+        pass
+
+    def resume(self, tps: list[TopicPartition]) -> None:
+        pass
+
+
+def test_a_thread_that_hears_late_it_lost_a_partition_cannot_commit_past_a_spread_file(
+    parts: Any,
+) -> None:
+    """Issue 7, the unexplained spread loss: partition 1 moves from thread 0 to thread
+    1 of the same process, and thread 1 is assigned it (and re-reads it from the
+    commit) before thread 0 handles the loss (``on_lost`` after a broker outage, or a
+    revocation handled late). Thread 0's late release used to drop the spread file
+    whose chunks thread 1 had just re-read as duplicates and reset the read position,
+    so thread 1 committed partition 1 past chunks of a file never transferred."""
+    store, ledger, up, _ = parts
+    options = ProcessorOptions(bucket="b", topic="t", group_id="g", output_dir=Path("."))
+    group = {1: 18}
+    loops, consumers = [], []
+    for index in (0, 1):
+        loop = ConsumerLoop(
+            index,
+            options=options,
+            settings={},
+            incremental=False,
+            ledger=ledger,
+            uploader=up,
+            stats=Stats(),
+            log=LOG,
+            stop=threading.Event(),
+        )
+        loops.append(loop)
+        consumers.append(AssigningConsumer(group))
+    data = bytes(range(256)) * 4
+    msgs = chunks("spread.bin", data, 256)  # 4 chunks: 3 in partition 1, 1 in partition 0
+    p1 = [(1, 18 + i, m) for i, m in enumerate(msgs[:3])] + [(1, 21, chunks("x", b"x", 9)[0])]
+    loops[0]._on_assign(consumers[0], [TopicPartition("t", 1)])
+    events, _, _ = ledger.feed(p1, reader=0)
+    up.handle(events)
+    # Thread 1 is assigned partition 1 and re-reads it; thread 0 has not heard yet.
+    loops[1]._on_assign(consumers[1], [TopicPartition("t", 1)])
+    events, _, _ = ledger.feed(p1, reader=1)
+    up.handle(events)
+    wait_until(lambda: "t/x" in store.objects)
+    loops[0]._on_lost(consumers[0], [TopicPartition("t", 1)])
+    # Thread 1 reads on (one more small file) and commits.
+    events, _, _ = ledger.feed([(1, 22, chunks("y", b"y", 9)[0])], reader=1)
+    up.handle(events)
+    wait_until(lambda: "t/y" in store.objects)
+    loops[1].commit(consumers[1])
+    sent = [tp.offset for batch in consumers[1].commits for tp in batch if tp.partition == 1]
+    assert all(o <= 18 for o in sent), f"partition 1 committed past the spread file: {sent}"
+    assert ledger.commit_offsets([1], reader=1) == [(1, 18, "")]
+    assert ledger.commit_offsets([1], reader=0) == []
+    # The last chunk arrives in partition 0 (assigned to thread 1): the file lands and
+    # only then may partition 1 move past it.
+    loops[1]._on_assign(consumers[1], [TopicPartition("t", 0)])
+    events, _, _ = ledger.feed([(0, 0, msgs[3])], reader=1)
+    up.handle(events)
+    wait_until(lambda: "t/spread.bin" in store.objects)
+    assert store.objects["t/spread.bin"] == data
+    wait_until(lambda: ledger.commit_offsets([1], reader=1) == [(1, 23, "")])

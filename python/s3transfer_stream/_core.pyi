@@ -326,14 +326,16 @@ class Assembler:
     @property
     def buffer_limit(self) -> int: ...
     def add_messages(
-        self, messages: Sequence[_KafkaMessage | _MessageTuple]
+        self, messages: Sequence[_KafkaMessage | _MessageTuple], reader: int = 0
     ) -> tuple[list[Event], int]:
         """Feeds a batch; returns ``(events, n_stored)`` (usable chunks, new or duplicate)."""
     def feed(
-        self, messages: Sequence[_KafkaMessage | _MessageTuple]
+        self, messages: Sequence[_KafkaMessage | _MessageTuple], reader: int = 0
     ) -> tuple[list[Event], int, list[tuple[int, int]]]:
         """Like :meth:`add_messages`; also ``(partition, offset)`` of each partition
-        whose messages were deferred for lack of memory: read again from there."""
+        whose messages were deferred for lack of memory: read again from there.
+        ``reader`` is the consumer thread that read them: messages of a partition
+        another thread reads now change nothing."""
     def settle(self, instance: int) -> bool:
         """The instance is durably done or given up: its offsets may be committed past."""
     def abandon(
@@ -342,19 +344,26 @@ class Assembler:
         """Gives up a file being received (returned with its offsets); it stays
         owned until settled."""
     def assigned(
-        self, partition: int, committed: int, done_above: Sequence[tuple[int, int]]
+        self,
+        partition: int,
+        committed: int,
+        done_above: Sequence[tuple[int, int]],
+        reader: int = 0,
     ) -> int:
-        """The partition was assigned at ``committed`` (-1: none); returns where to read from."""
-    def skip_ahead(self, partition: int) -> int | None:
+        """The partition was assigned to thread ``reader`` at ``committed`` (-1: none);
+        returns where to read from."""
+    def skip_ahead(self, partition: int, reader: int = 0) -> int | None:
         """If the read position starts a done run, the offset to seek to instead."""
     def committed(self, partition: int, offset: int) -> None:
         """A commit succeeded: never commit below ``offset`` again."""
-    def revoked(self, partitions: Sequence[int]) -> list[FileInfo]:
-        """The partitions left; returns files dropped with them."""
+    def revoked(self, partitions: Sequence[int], reader: int = 0) -> list[FileInfo]:
+        """The partitions left thread ``reader`` (those another thread was assigned
+        meanwhile stay its); returns files dropped with them."""
     def commit_positions(
-        self, partitions: Sequence[int]
+        self, partitions: Sequence[int], reader: int = 0
     ) -> list[tuple[int, int, list[tuple[int, int]]]]:
-        """``(partition, offset to commit, done runs above it)`` for partitions read so far."""
+        """``(partition, offset to commit, done runs above it)`` for the partitions
+        ``reader`` has read so far."""
     def pinned_offsets(self) -> dict[int, int]:
         """Per partition, the lowest offset still needed by a file not yet settled."""
     def skip_offsets(self, partition: int, ranges: Sequence[tuple[int, int]]) -> None:

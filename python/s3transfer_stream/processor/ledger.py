@@ -26,10 +26,18 @@ class Ledger:
         self.core = _core.Assembler(part_size, max_buffered)
         self.topic_id = topic_id
 
-    def feed(self, messages: Sequence[Any]) -> tuple[list[_core.Event], int, list[tuple[int, int]]]:
+    def feed(
+        self, messages: Sequence[Any], reader: int = 0
+    ) -> tuple[list[_core.Event], int, list[tuple[int, int]]]:
         """``(events, n_stored, deferred)``: ``deferred`` lists ``(partition, offset)``
-        to read again (out-of-order bytes that did not fit in the memory limit)."""
-        return self.core.feed(list(messages))
+        to read again (out-of-order bytes that did not fit in the memory limit).
+
+        ``reader`` is the consumer thread that read the messages. Every
+        per-partition call names it: a partition moves between threads of one
+        process by a rebalance whose callbacks each thread runs in its own time,
+        so the old reader may hear it lost a partition after the new one began
+        reading it, and must then change nothing there."""
+        return self.core.feed(list(messages), reader)
 
     def settle(self, instance: int) -> bool:
         return self.core.settle(instance)
@@ -42,27 +50,32 @@ class Ledger:
     def skip_offsets(self, partition: int, runs: Iterable[tuple[int, int]]) -> None:
         self.core.skip_offsets(partition, list(runs))
 
-    def assigned(self, partition: int, committed: int, metadata: str | None) -> tuple[int, int]:
+    def assigned(
+        self, partition: int, committed: int, metadata: str | None, reader: int = 0
+    ) -> tuple[int, int]:
         """Returns ``(offset to start reading from, messages known done above it)``."""
         runs = (
             OffsetRuns.decode(metadata, committed, self.topic_id).runs() if committed >= 0 else []
         )
-        return self.core.assigned(partition, committed, runs), sum(b - a for a, b in runs)
+        start = self.core.assigned(partition, committed, runs, reader)
+        return start, sum(b - a for a, b in runs)
 
-    def skip_ahead(self, partition: int) -> int | None:
-        return self.core.skip_ahead(partition)
+    def skip_ahead(self, partition: int, reader: int = 0) -> int | None:
+        return self.core.skip_ahead(partition, reader)
 
     def committed(self, partition: int, offset: int) -> None:
         self.core.committed(partition, offset)
 
-    def revoked(self, partitions: Sequence[int]) -> list[_core.FileInfo]:
-        return self.core.revoked(list(partitions))
+    def revoked(self, partitions: Sequence[int], reader: int = 0) -> list[_core.FileInfo]:
+        return self.core.revoked(list(partitions), reader)
 
-    def commit_offsets(self, partitions: Iterable[int]) -> list[tuple[int, int, str]]:
-        """``[(partition, offset, metadata)]`` that may be committed now."""
+    def commit_offsets(
+        self, partitions: Iterable[int], reader: int = 0
+    ) -> list[tuple[int, int, str]]:
+        """``[(partition, offset, metadata)]`` that ``reader`` may commit now."""
         return [
             (p, offset, OffsetRuns(runs).encode(offset, self.topic_id))
-            for p, offset, runs in self.core.commit_positions(sorted(partitions))
+            for p, offset, runs in self.core.commit_positions(sorted(partitions), reader)
         ]
 
     def progress(self) -> list[_core.Progress]:

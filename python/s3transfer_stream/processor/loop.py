@@ -148,7 +148,7 @@ class ConsumerLoop:
             consumer.close()
 
     def _handle_batch(self, consumer: Any, msgs: list[Any]) -> None:
-        events, n_stored, deferred = self.ledger.feed(msgs)
+        events, n_stored, deferred = self.ledger.feed(msgs, self.index)
         self.stats.add(
             messages_read=len(msgs),
             messages_processed=n_stored,
@@ -174,7 +174,7 @@ class ConsumerLoop:
             self._rest_until[p] = rest
             self._seek(consumer, p, offset)
         for p in {m.partition() for m in msgs} - {p for p, _ in deferred}:
-            end = self.ledger.skip_ahead(p)
+            end = self.ledger.skip_ahead(p, self.index)
             if end is not None:
                 self._seek(consumer, p, end)
 
@@ -214,7 +214,7 @@ class ConsumerLoop:
     ) -> None:
         parts = self.owned if partitions is None else partitions
         offsets = []
-        for p, offset, meta in self.ledger.commit_offsets(parts):
+        for p, offset, meta in self.ledger.commit_offsets(parts, self.index):
             value = (offset, meta)
             acked = self.acked.get(p)
             if acked == value or self.inflight.get(p) == value:
@@ -297,7 +297,7 @@ class ConsumerLoop:
             committed = [TopicPartition(topic, tp.partition) for tp in mine]
         starts = []
         for tp in committed:
-            start, n_done = self.ledger.assigned(tp.partition, tp.offset, tp.metadata)
+            start, n_done = self.ledger.assigned(tp.partition, tp.offset, tp.metadata, self.index)
             if tp.offset < 0:
                 self.log.info(
                     f"Partition {tp.partition} of {topic}: no committed offset, starting from auto.offset.reset"
@@ -366,7 +366,7 @@ class ConsumerLoop:
     def _release(self, revoked: set[int]) -> None:
         if not revoked:
             return
-        self.uploader.revoked(self.ledger.revoked(sorted(revoked)), revoked)
+        self.uploader.revoked(self.ledger.revoked(sorted(revoked), self.index), revoked)
         self.owned -= revoked
         self._paused -= revoked
         for p in revoked:
