@@ -17,8 +17,14 @@ Differences from upstream, all invisible to a reader of the files:
   characters survive a round trip;
 * every write is atomic (temp file in the same directory, fsync, ``os.replace``),
   so a copy of a file taken at any moment is a complete table;
-* a timer thread writes out dirty tables, so a file is never more than
-  ``flush_interval`` (5 s) behind memory even when nothing else changes;
+* as upstream, a change does not rewrite its table each time: a changed table is
+  written when it was not written for ``flush_interval`` (5 s, upstream's
+  ``UPDATE_FILE_EVERY``), and, unlike upstream, also by a timer thread every
+  ``flush_interval`` and at ``flush()`` / ``close()``, so a file is never more than
+  ``flush_interval`` behind memory even when nothing else changes, and the cost of a
+  file does not grow with the table. What a crash loses of the consumer's tables is
+  restored from its transfer journal (see :class:`StreamRegistry`); its failure rows,
+  and most changes of the producer's tables, are still written at once;
 * no file of another topic or consumer group is ever read, merged or deleted as
   ours (see "File names" below).
 
@@ -519,6 +525,7 @@ class DataclassTable(Generic[RowT]):
         self._key = key
         self._rows: dict[object, RowT] = {}
         self._serial = 0
+        # When a write was last tried (successful or not): lazy writes are throttled by it.
         self._last_write = float("-inf")
         if load:
             for row in read_table(row_type, path):
@@ -586,9 +593,9 @@ class DataclassTable(Generic[RowT]):
     def write(self) -> None:
         """Write the table to its file now (atomically), dirty or not."""
         with self.lock:
+            self._last_write = time.monotonic()
             _write_atomic(self.path, self.render())
             self.dirty = False
-            self._last_write = time.monotonic()
 
     def flush(self) -> bool:
         """Write the table if it changed since the last write; True if it wrote."""
@@ -599,7 +606,9 @@ class DataclassTable(Generic[RowT]):
             return True
 
     def flush_if_older_than(self, seconds: float) -> bool:
-        """Write the table if it is dirty and the last write is ``seconds`` old or more."""
+        """Write the table if it is dirty and the last write (or failed attempt) is
+        ``seconds`` old or more: at most one write per ``seconds``, whatever the rate of
+        changes, so that the cost of a change does not grow with the table."""
         with self.lock:
             if not self.dirty or time.monotonic() - self._last_write < seconds:
                 return False
@@ -612,6 +621,16 @@ def _write_logged(table: DataclassTable[Any]) -> None:
     and the flush timer (or close) tries again."""
     try:
         table.write()
+    except OSError as exc:
+        _LOG.warning("could not write %s (will retry): %s", table.path, exc)
+
+
+def _write_lazily(table: DataclassTable[Any], interval: float) -> None:
+    """After a change: write the table only if it was not written for ``interval``
+    seconds (else the flush timer, :meth:`flush` or :meth:`close` does). Never raises
+    for a failed write: the table stays dirty and is tried again."""
+    try:
+        table.flush_if_older_than(interval)
     except OSError as exc:
         _LOG.warning("could not write %s (will retry): %s", table.path, exc)
 
@@ -960,9 +979,22 @@ class StreamRegistry:
       pair are also another pair's; a :class:`RegistryError` at start if that other pair
       has used the directory.
 
-    New in-progress rows, failures and successes are written at once; updates of
-    ``most_recent_message`` are written at most every ``flush_interval`` seconds,
-    and :meth:`start` runs a timer that writes every dirty table at that interval.
+    When things are written: failures (:meth:`register_failed`) and
+    :meth:`mark_waiting` are written at once (nothing else could restore them after a
+    crash). Every other change -- new in-progress rows and their updates, processed
+    rows, removed in-progress rows -- only marks its table dirty; the table is written
+    at once when it was not written for ``flush_interval`` seconds, else by the timer
+    :meth:`start` runs (every ``flush_interval`` s), at :meth:`flush`, at rotation and
+    at :meth:`close`. So a change reaches its file within ``flush_interval`` (with the
+    timer running), each table is rewritten at most about twice per interval whatever
+    the rate of files, and the cost of a file does not grow with the table. A crash
+    (SIGKILL, power loss) loses the changes not yet written (with the timer running,
+    those of the last ``flush_interval`` seconds); the files on disk are then an
+    older, complete state. The durable record of
+    a transfer is the caller's: the processor fsyncs a transfer journal entry before
+    :meth:`register_processed` and, at start, restores the processed rows missing from
+    :meth:`processed_rows` and discards the stale in-progress rows
+    (:meth:`discard_in_progress`), so every file ends up listed exactly once.
     """
 
     def __init__(
@@ -1163,7 +1195,8 @@ class StreamRegistry:
         return self._in_progress.rows()
 
     def register_in_progress(self, rel_filepath: str, filename: str, n_chunks: int) -> None:
-        """Record that a chunk of the file arrived (a new row is written at once)."""
+        """Record that a chunk of the file arrived (written lazily, like every change
+        but failures: see the class docstring)."""
         key = _rel_key(rel_filepath)
         now = _now()
         table = self._in_progress
@@ -1171,7 +1204,7 @@ class StreamRegistry:
             row = table.get(key)
             if row is None:
                 table.add(InProgressRow(filename, Path(key), IN_PROGRESS, n_chunks, now, now))
-                _write_logged(table)
+                _write_lazily(table, self._interval)
                 return
             changed = False
             if row.most_recent_message != now:
@@ -1186,10 +1219,7 @@ class StreamRegistry:
                 changed = True
             if changed:
                 table.mark_dirty()
-                try:
-                    table.flush_if_older_than(self._interval)
-                except OSError as exc:
-                    _LOG.warning("could not write %s (will retry): %s", table.path, exc)
+                _write_lazily(table, self._interval)
 
     def register_failed(
         self, rel_filepath: str, filename: str, n_chunks: int, status: str = FAILED
@@ -1231,15 +1261,16 @@ class StreamRegistry:
 
     def discard_in_progress(self, rel_filepath: str, *, started_by: datetime) -> bool:
         """Removes the in-progress row of a file known to be transferred (a crash came
-        between recording it as processed and removing this row). A row for an instance
-        first seen after ``started_by`` is newer and stays."""
+        between recording it as processed and writing out the removal of this row), or
+        accounted for otherwise (written lazily). A row for an instance first seen after
+        ``started_by`` is newer and stays."""
         key = _rel_key(rel_filepath)
         with self._in_progress.lock:
             row = self._in_progress.get(key)
             if row is None or row.first_message > started_by.replace(microsecond=0):
                 return False
             self._in_progress.pop(key)
-            _write_logged(self._in_progress)
+            _write_lazily(self._in_progress, self._interval)
             return True
 
     def register_processed(
@@ -1251,9 +1282,11 @@ class StreamRegistry:
         processed_at: datetime | None = None,
     ) -> None:
         """Record that the file is safely in the bucket: a row is appended to the calling
-        thread's processed file and the in-progress row removed (both written at once,
-        in that order, so a crash in between leaves the file listed twice, never lost).
-        ``processed_at`` (default now) lets a row lost in a crash be restored as it was."""
+        thread's processed table and the in-progress row removed. Both are written
+        lazily (see the class docstring): a crash may lose the row, so the caller must
+        have recorded the transfer durably first (the processor's transfer journal) and
+        restore lost rows at the next start by calling this again with the same
+        ``processed_at`` (default now), which gives the row exactly as it would have been."""
         key = _rel_key(rel_filepath)
         now = _now() if processed_at is None else processed_at.replace(microsecond=0)
         if first_message is None:
@@ -1264,10 +1297,10 @@ class StreamRegistry:
         table = self._thread_table()
         with table.lock:
             table.add(row)
-            _write_logged(table)
+            _write_lazily(table, self._interval)
         with self._in_progress.lock:
             if self._in_progress.pop(key) is not None:
-                _write_logged(self._in_progress)
+                _write_lazily(self._in_progress, self._interval)
 
     def processed_rows(self) -> list[ProcessedRow]:
         """Every processed row: the consolidated file, files of other or earlier threads
@@ -1312,10 +1345,12 @@ class StreamRegistry:
         self._timer.start()
 
     def flush(self) -> None:
-        """Write every table changed since its last write."""
+        """Write every table changed since its last write: the processed tables first,
+        then the in-progress table, so that a file whose in-progress row a flush removes
+        is in a processed file on disk already (unless it was processed meanwhile)."""
         with self._processed_lock:
-            tables: list[DataclassTable[Any]] = [self._in_progress]
-            tables.extend(self._thread_tables.values())
+            tables: list[DataclassTable[Any]] = list(self._thread_tables.values())
+        tables.append(self._in_progress)
         _flush_all(tables)
 
     def close(self) -> None:
