@@ -203,3 +203,42 @@ def committed_offsets(bootstrap: str, topic: str, group: str) -> dict[int, int]:
     request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in range(n)])
     result = admin.list_consumer_group_offsets([request])[group].result(timeout=30)
     return {tp.partition: tp.offset for tp in result.topic_partitions if tp.offset >= 0}
+
+
+def services_script(name: str, action: str, *, check: bool = True) -> int:
+    """``services/<name>.sh <action>`` (``start`` waits until the service answers)."""
+    script = Path(__file__).resolve().parents[1] / "services" / f"{name}.sh"
+    done = subprocess.run(
+        ["bash", str(script), action], check=check, capture_output=not check, timeout=180
+    )
+    return done.returncode
+
+
+def kafka_service(action: str) -> None:
+    """Stops or starts the shared local broker (``services/kafka.sh stop|start``)."""
+    services_script("kafka", action)
+
+
+def kafka_running() -> bool:
+    return services_script("kafka", "status", check=False) == 0
+
+
+def log_ends(bootstrap: str, topic: str) -> dict[int, int]:
+    """The high watermark (log end) of every partition of ``topic``."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"ends-{os.urandom(8).hex()}",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        return {
+            p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1]
+            for p in sorted(parts)
+        }
+    finally:
+        c.close()

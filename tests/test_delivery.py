@@ -13,8 +13,11 @@
   committing past the file.
 
 Also ``test_partition_paused_at_a_rebalance_is_read_again``, for a bug these tests found.
-Bugs found are marked ``xfail(strict=False)`` with the diagnosis in the reason
-(DONE_RUNS_PRUNED, PAUSE_KEPT_ACROSS_REBALANCE, PART_LOCK_HELD_ACROSS_S3).
+Three processor bugs they found are fixed and the tests pass (they were xfail with
+their diagnosis until then): done runs pruned before the commit was confirmed (files
+transferred twice after a rebalance), an application pause librdkafka keeps across a
+rebalance (a partition reassigned while paused was never read again), and a file's
+lock held across a hanging ``start_multipart`` (SIGTERM took the grace + 60 s).
 
 ``test_commits_are_retried_after_the_broker_was_down`` stops and restarts the shared
 local broker (``services/kafka.sh``); it always starts it again, and other runs using
@@ -43,7 +46,9 @@ from helpers import (
     S3Proxy,
     committed_offsets,
     encoded_chunks,
+    kafka_service,
     list_objects,
+    log_ends,
     produce,
     produce_tree,
     read_object,
@@ -79,21 +84,6 @@ def config_with(tmp_path: Path, name: str, consumer: dict[str, str]) -> Path:
     return path
 
 
-def log_end(bootstrap: str, topic: str) -> dict[int, int]:
-    """The high watermark of every partition of ``topic``."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"ends-{uuid.uuid4().hex}"})
-    try:
-        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        return {
-            p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1]
-            for p in sorted(parts)
-        }
-    finally:
-        c.close()
-
-
 def committed_now(bootstrap: str, topic: str, group: str) -> dict[int, int]:
     """``committed_offsets``, or {} while the broker cannot answer (restarting)."""
     try:
@@ -102,10 +92,10 @@ def committed_now(bootstrap: str, topic: str, group: str) -> dict[int, int]:
         return {}
 
 
-def at_log_end(bootstrap: str, topic: str, group: str) -> bool:
+def at_log_ends(bootstrap: str, topic: str, group: str) -> bool:
     """Whether the group's committed offset of every non-empty partition is its log end."""
     try:
-        ends = log_end(bootstrap, topic)
+        ends = log_ends(bootstrap, topic)
         got = committed_offsets(bootstrap, topic, group)
     except Exception:  # the broker is still coming back
         return False
@@ -227,32 +217,6 @@ def produce_round_robin(bootstrap: str, topic: str, src: Path, rels: Iterable[st
     return produce(bootstrap, topic, msgs)
 
 
-def kafka_service(action: str) -> None:
-    """``services/kafka.sh stop|start`` (start waits until the broker answers)."""
-    subprocess.run(["bash", str(ROOT / "services" / "kafka.sh"), action], check=True, timeout=180)
-
-
-#: A processor bug this file found (not fixed here: python/ and rust/ belong to others).
-DONE_RUNS_PRUNED = (
-    "Assembler.commit_positions prunes a partition's done runs below the position it "
-    "returns (st.done.prune_below(pos)) before that commit is confirmed; when the commit "
-    "fails (broker down: _WAIT_COORD) and the partition is then revoked or lost and "
-    "reassigned from the old committed offset (none here), the files already transferred "
-    "are no longer known as done and are transferred and registered again."
-)
-
-#: A processor bug this file found (diagnosed with librdkafka's debug log: the application
-#: paused both partitions, "Application resuming" never followed, and after the
-#: rebalance librdkafka said "Not resuming ... partition is not paused by library").
-PAUSE_KEPT_ACROSS_REBALANCE = (
-    "ConsumerLoop pauses its partitions while uploads are at their bound; when they are "
-    "revoked while paused, _release() drops them from self._paused without resuming them, "
-    "but librdkafka keeps an application pause across revocation and reassignment. A "
-    "partition reassigned to the same consumer is then never fetched again (no error, no "
-    "warning): its new files never land and its commit never moves until a restart."
-)
-
-
 # -- finding 2: commits --------------------------------------------------------------
 
 
@@ -283,7 +247,7 @@ def test_commits_follow_each_poll_batch_not_only_the_timer(
             60,
             "every object",
         )
-        run.wait_for(lambda: at_log_end(kafka_bootstrap, topic, group), 30, "commits at the end")
+        run.wait_for(lambda: at_log_ends(kafka_bootstrap, topic, group), 30, "commits at the end")
     finally:
         sampler.stop()
     assert run.quit() == 0
@@ -381,22 +345,14 @@ def test_commits_are_retried_after_the_broker_was_down(
         outage = time.monotonic() - t_stop
         bg.join(90)
         assert not producer_errors, producer_errors
-        rebalanced = False
-        try:
-            wait_until(
-                lambda: committed_now(kafka_bootstrap, topic, group).get(0) == n_first,
-                60,
-                f"partition 0's commit at its log end {n_first} after a {outage:.0f} s outage",
-                [run],
-            )
-        except AssertionError:
-            # The group rebalanced after the restart while the partitions were paused
-            # (uploads at their bound during the S3 stall): see PAUSE_KEPT_ACROSS_REBALANCE.
-            rebalanced = "were reassigned" in run.stderr() and run.proc.poll() is None
-            if not rebalanced:
-                raise
-        if rebalanced:
-            pytest.xfail(PAUSE_KEPT_ACROSS_REBALANCE)
+        # A rebalance after the restart may find the partitions paused (uploads at
+        # their bound during the S3 stall): they must be read again all the same.
+        wait_until(
+            lambda: committed_now(kafka_bootstrap, topic, group).get(0) == n_first,
+            60,
+            f"partition 0's commit at its log end {n_first} after a {outage:.0f} s outage",
+            [run],
+        )
         produce(
             kafka_bootstrap,
             topic,
@@ -408,17 +364,16 @@ def test_commits_are_retried_after_the_broker_was_down(
             90,
             "the files produced during and after the outage",
         )
-        run.wait_for(lambda: at_log_end(kafka_bootstrap, topic, group), 60, "commits at the end")
+        run.wait_for(lambda: at_log_ends(kafka_bootstrap, topic, group), 60, "commits at the end")
         assert run.quit() == 0
         assert_landed(s3_client, bucket, topic, everything)
         processed = processed_paths(tmp_path / "out", topic, group)
         assert set(processed) == set(everything)
         again = sorted({rel for rel in processed if processed.count(rel) > 1})
+        # Failed commits during the outage must not make done files forgotten.
+        assert again == [], f"transferred twice: {again}"
     finally:
         proxy.close()
-    if again:
-        # Known bug (found by this test, intermittent): see DONE_RUNS_PRUNED.
-        pytest.xfail(f"{DONE_RUNS_PRUNED} Transferred twice this time: {again}")
 
 
 # -- finding 4: assignors -------------------------------------------------------------
@@ -449,7 +404,7 @@ def restart_transfers_new_files(
         60,
         "the first run's files",
     )
-    run1.wait_for(lambda: at_log_end(kafka_bootstrap, topic, group), 30, "first run's commits")
+    run1.wait_for(lambda: at_log_ends(kafka_bootstrap, topic, group), 30, "first run's commits")
     assert run1.quit() == 0
     assert set(committed_offsets(kafka_bootstrap, topic, group)) == {0, 1}
 
@@ -462,7 +417,7 @@ def restart_transfers_new_files(
         60,
         "the second run's files",
     )
-    run2.wait_for(lambda: at_log_end(kafka_bootstrap, topic, group), 30, "second run's commits")
+    run2.wait_for(lambda: at_log_ends(kafka_bootstrap, topic, group), 30, "second run's commits")
     assert run2.quit() == 0
     assert_landed(s3_client, bucket, topic, both)
     assert "must be made using incremental_assign" not in run2.stderr()
@@ -538,7 +493,7 @@ def test_two_cooperative_processes_one_joining_mid_run(
             "every object",
             [a, b],
         )
-        wait_until(lambda: at_log_end(kafka_bootstrap, topic, group), 60, "commits", [a, b])
+        wait_until(lambda: at_log_ends(kafka_bootstrap, topic, group), 60, "commits", [a, b])
     finally:
         sampler.stop()
     assert a.quit() == 0 and b.quit() == 0
@@ -600,7 +555,7 @@ def test_spread_file_survives_a_partition_moving_away_and_back(
 
         key = f"{topic}/spread/file.bin"
         a.wait_for(lambda: key in list_objects(s3_client, bucket), 90, "the spread file")
-        a.wait_for(lambda: at_log_end(kafka_bootstrap, topic, group), 60, "commits at the end")
+        a.wait_for(lambda: at_log_ends(kafka_bootstrap, topic, group), 60, "commits at the end")
     finally:
         sampler.stop()
     assert a.quit() == 0
@@ -613,7 +568,6 @@ def test_spread_file_survives_a_partition_moving_away_and_back(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=PAUSE_KEPT_ACROSS_REBALANCE)
 def test_partition_paused_at_a_rebalance_is_read_again(
     tmp_path: Path, new_topic: Any, new_bucket: Any, s3_client: Any, kafka_bootstrap: str
 ) -> None:
@@ -664,7 +618,7 @@ def test_partition_paused_at_a_rebalance_is_read_again(
             "every file (the partition the first process got back must be read)",
             [a, b],
         )
-        wait_until(lambda: at_log_end(kafka_bootstrap, topic, group), 30, "commits", [a, b])
+        wait_until(lambda: at_log_ends(kafka_bootstrap, topic, group), 30, "commits", [a, b])
         assert b.quit() == 0 and a.quit() == 0
     finally:
         proxy.close()
@@ -741,7 +695,7 @@ def test_stuck_file_is_reported_listed_and_given_up(
         "the abandoned registry row",
     )
     run.wait_for(lambda: len(list_objects(s3_client, bucket)) == len(sent), 30, "the live files")
-    run.wait_for(lambda: at_log_end(kafka_bootstrap, topic, group), 30, "commits at the end")
+    run.wait_for(lambda: at_log_ends(kafka_bootstrap, topic, group), 30, "commits at the end")
     assert run.quit() == 0
     landed = list_objects(s3_client, bucket)
     assert f"{topic}/dead/producer.bin" not in landed
@@ -751,25 +705,9 @@ def test_stuck_file_is_reported_listed_and_given_up(
     assert in_progress_status(out, topic, group) == {"dead/producer.bin": "abandoned"}
 
 
-#: A processor bug this file found (not fixed here: python/ and rust/ belong to others).
-PART_LOCK_HELD_ACROSS_S3 = (
-    "Uploader._upload_part holds fu.lock while start_multipart hangs on the wire "
-    "(read_timeout 120 s, 3 attempts); the consumer thread's next PartReady for the same "
-    "file blocks in Uploader._on_part on `with fu.lock` (uploads.py), so the loop never "
-    "sees the stop and shutdown() waits shutdown_grace + 60 s in Thread.join; a hanging S3 "
-    "also stalls that consumer thread's polling for as long (max.poll.interval.ms is 300 s)."
-)
-
-
 @pytest.mark.parametrize(
     "what",
-    [
-        "single_put",
-        pytest.param(
-            "multipart",
-            marks=pytest.mark.xfail(strict=False, reason=PART_LOCK_HELD_ACROSS_S3),
-        ),
-    ],
+    ["single_put", "multipart"],
 )
 def test_sigterm_with_s3_hanging_ends_within_the_grace_and_commits_nothing_past(
     what: str,
@@ -842,7 +780,7 @@ def test_sigterm_with_s3_hanging_ends_within_the_grace_and_commits_nothing_past(
         90,
         "the files after the restart",
     )
-    run2.wait_for(lambda: at_log_end(kafka_bootstrap, topic, group), 30, "commits at the end")
+    run2.wait_for(lambda: at_log_ends(kafka_bootstrap, topic, group), 30, "commits at the end")
     assert run2.quit() == 0
     assert_landed(s3_client, bucket, topic, files)
     assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []

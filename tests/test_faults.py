@@ -39,7 +39,6 @@ import contextlib
 import os
 import random
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -51,14 +50,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from helpers import (
     CHUNK,
     ProcessorRun,
     S3Proxy,
     committed_offsets,
     encoded_chunks,
+    kafka_running,
+    kafka_service,
     list_objects,
+    log_ends,
     read_object,
 )
 from s3transfer_stream.kafka import file_partition
@@ -392,23 +394,6 @@ def assigned(run: ProcessorRun) -> bool:
 # -- Kafka and S3 state -------------------------------------------------------------------------
 
 
-def log_ends(bootstrap: str, topic: str) -> dict[int, int]:
-    c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"ends-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-        }
-    )
-    try:
-        return {
-            p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in range(PARTITIONS)
-        }
-    finally:
-        c.close()
-
-
 def commits_at_log_end(bootstrap: str, topic: str, group: str) -> tuple[bool, str]:
     ends = log_ends(bootstrap, topic)
     got = committed_offsets(bootstrap, topic, group)
@@ -524,19 +509,10 @@ def retrying(fn: Callable[[], Any], timeout: float, what: str) -> Any:
             time.sleep(2)
 
 
-def kafka_service(action: str) -> None:
-    subprocess.run(["bash", str(ROOT / "services" / "kafka.sh"), action], check=True, timeout=180)
-
-
 def kafka_running_or_raise() -> bool:
     if not kafka_running():
         raise RuntimeError("the broker is not running")
     return True
-
-
-def kafka_running() -> bool:
-    status = ["bash", str(ROOT / "services" / "kafka.sh"), "status"]
-    return subprocess.run(status, capture_output=True, timeout=60).returncode == 0
 
 
 def test_fault_matrix(

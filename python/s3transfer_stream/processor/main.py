@@ -152,6 +152,10 @@ class S3TransferStreamProcessor:
             if topic_id and e.topic_id == topic_id:
                 for partition, runs in e.offsets:
                     self.ledger.skip_offsets(partition, runs)
+            if e.outcome == "superseded":
+                # A newer version was in the bucket: nothing to list, but its
+                # in-progress row may not have been written out before the crash.
+                self.registry.discard_in_progress(e.rel_path, started_by=e.processed_at)
             if not e.transferred:
                 continue
             self.registry.discard_in_progress(e.rel_path, started_by=e.processed_at)
