@@ -626,6 +626,10 @@ impl Assembler {
             if fa.retired {
                 continue;
             }
+            if fa.is_complete() {
+                // Completed by another thread that is retiring it right now.
+                return Disposition::Duplicate;
+            }
             if fa.info.n_chunks != chunk.n_total_chunks {
                 let reason = format!(
                     "chunk {} says the file has {} chunks, earlier chunks with the same file hash said {}",
@@ -664,7 +668,9 @@ impl Assembler {
                 }
                 Ok(Stored::Done(succeeded)) => {
                     drop(fa);
-                    self.retire(&file, succeeded, out);
+                    // Only this thread can retire it now: every other chunk of
+                    // the file is a duplicate of a complete file (below).
+                    let _ = self.retire(&file, succeeded, out);
                     Disposition::Stored
                 }
                 Err(reason) => {
@@ -771,15 +777,29 @@ impl Assembler {
 
     /// Moves a finished instance from the receiving table to the owned table,
     /// in one step under the table lock.
-    fn retire(&self, file: &Arc<Mutex<FileAssembly>>, succeeded: bool, out: &mut Vec<Event>) {
+    /// Returns the instance's offsets, or None if another thread retired it first.
+    fn retire(
+        &self,
+        file: &Arc<Mutex<FileAssembly>>,
+        succeeded: bool,
+        out: &mut Vec<Event>,
+    ) -> Option<OffsetRuns> {
+        // The table lock first (the order every path takes: table, then file):
+        // the file's offsets must leave it and join the owned table while no
+        // commit position can be computed, or another thread could see the file
+        // pinned neither as received nor as owned and commit past its messages.
+        let mut t = lock(&self.table);
         let mut fa = lock(file);
+        if fa.retired {
+            return None;
+        }
         fa.retired = true;
+        let runs = runs_of(&fa.offsets);
         let info = fa.info.clone();
         let chunks = std::mem::take(&mut fa.chunks);
         let mut offsets = std::mem::take(&mut fa.offsets);
         fa.parts.clear();
         drop(fa);
-        let mut t = lock(&self.table);
         Self::unlist_locked(&mut t, &info.rel_path, file);
         let mut losers = Vec::new();
         if succeeded {
@@ -824,6 +844,7 @@ impl Assembler {
                 }
             }
         }
+        Some(runs)
     }
 
     fn fail(
@@ -833,12 +854,11 @@ impl Assembler {
         hash_mismatch: bool,
         out: &mut Vec<Event>,
     ) {
-        let (info, offsets) = {
-            let fa = lock(file);
-            (fa.info.clone(), runs_of(&fa.offsets))
-        };
-        out.push(Event::Failed { file: info, reason, hash_mismatch, offsets });
-        self.retire(file, false, out);
+        let info = lock(file).info.clone();
+        let mark = out.len();
+        if let Some(offsets) = self.retire(file, false, out) {
+            out.insert(mark, Event::Failed { file: info, reason, hash_mismatch, offsets });
+        }
     }
 
     /// The instance is durably done (in the bucket and journaled) or durably
@@ -866,15 +886,9 @@ impl Assembler {
             let t = lock(&self.table);
             t.files.values().flatten().find(|f| lock(f).info.instance == instance).cloned()
         }?;
-        let (info, runs) = {
-            let fa = lock(&file);
-            if fa.retired {
-                return None;
-            }
-            (fa.info.clone(), runs_of(&fa.offsets))
-        };
+        let info = lock(&file).info.clone();
         let mut sink = Vec::new();
-        self.retire(&file, false, &mut sink);
+        let runs = self.retire(&file, false, &mut sink)?;
         Some((info, runs))
     }
 
@@ -1114,6 +1128,11 @@ impl FileAssembly {
             last_chunk: Instant::now(),
             bookkeeping: 0,
         }
+    }
+
+    /// Every chunk has arrived (the file is complete, or failed its file hash).
+    fn is_complete(&self) -> bool {
+        self.chunks.covered() == self.info.n_chunks
     }
 
     fn record(&mut self, pos: Position) {
@@ -1927,5 +1946,54 @@ mod tests {
         let (d, _) =
             asm.add_batch(&[(Position { partition: 0, offset: 0 }, Some(m[0].bytes.as_slice()))], 1, &mut ev);
         assert_eq!(d, vec![Disposition::Stored]);
+    }
+
+    #[test]
+    fn a_file_completing_on_one_thread_never_unpins_while_another_computes_commits() {
+        // The spread loss of the crash matrix: thread 1 completes a file whose
+        // other chunks thread 0 read; thread 0 computes its commit position at
+        // that moment. The file must be pinned as receiving or as owned at
+        // every instant, never neither.
+        let asm = Arc::new(Assembler::with_any_part_size(1 << 20));
+        asm.assigned(0, 0, 0, &[]);
+        asm.assigned(1, 1, 0, &[]);
+        for round in 0..300u32 {
+            let base = i64::from(round) * 10;
+            let m = chunks_of(&format!("s{round}"), "", &content(400, round as u8), 100, 1.0);
+            let mut ev = Vec::new();
+            // Chunks 0..3 in partition 0 (thread 0), the last one in partition 1.
+            for (i, msg) in m.iter().take(3).enumerate() {
+                asm.add_batch(
+                    &[(Position { partition: 0, offset: base + i as i64 }, Some(msg.bytes.as_slice()))],
+                    0,
+                    &mut ev,
+                );
+            }
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let watcher = {
+                let (asm, done) = (Arc::clone(&asm), Arc::clone(&done));
+                std::thread::spawn(move || {
+                    let mut worst = i64::MIN;
+                    while !done.load(std::sync::atomic::Ordering::Acquire) {
+                        worst = worst.max(asm.commit_positions(&[0], 0)[0].offset);
+                    }
+                    worst.max(asm.commit_positions(&[0], 0)[0].offset)
+                })
+            };
+            let mut ev = Vec::new();
+            let last = Position { partition: 1, offset: i64::from(round) };
+            asm.add_batch(&[(last, Some(m[3].bytes.as_slice()))], 1, &mut ev);
+            done.store(true, std::sync::atomic::Ordering::Release);
+            let worst = watcher.join().unwrap();
+            assert!(
+                worst <= base,
+                "round {round}: partition 0 committable at {worst}, past the file at {base}"
+            );
+            let instance = ev.iter().find_map(|e| match e {
+                Event::Complete { file, .. } => Some(file.instance),
+                _ => None,
+            });
+            assert!(asm.settle(instance.unwrap()));
+        }
     }
 }

@@ -118,7 +118,7 @@ def produce_recording_offsets(
     return where
 
 
-READ_LINE = re.compile(r"Read \S+: (.*)$")
+READ_LINE = re.compile(r"Read \S+(?: \(thread \d+\))?: (.*)$")
 SPAN = re.compile(r"(\d+)@(\d+)-(\d+)\((\d+)\)")
 RESUME_LINE = re.compile(r"Partition (\d+) of \S+: resuming at offset (\d+)")
 FROM_START_LINE = re.compile(r"Partition (\d+) of \S+: no committed offset")

@@ -12,11 +12,15 @@ the done offsets above a watermark (:mod:`s3transfer_stream.offsets`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .. import _core
+from ..logs import get_logger
 from ..offsets import OffsetRuns
+
+LOG = get_logger()
 
 
 class Ledger:
@@ -40,7 +44,10 @@ class Ledger:
         return self.core.feed(list(messages), reader)
 
     def settle(self, instance: int) -> bool:
-        return self.core.settle(instance)
+        settled = self.core.settle(instance)
+        if LOG.isEnabledFor(logging.DEBUG):
+            LOG.debug(f"Settled file instance {instance}" + ("" if settled else " (was not owned)"))
+        return settled
 
     def abandon(
         self, instance: int
@@ -67,7 +74,13 @@ class Ledger:
         self.core.committed(partition, offset)
 
     def revoked(self, partitions: Sequence[int], reader: int = 0) -> list[_core.FileInfo]:
-        return self.core.revoked(list(partitions), reader)
+        dropped = self.core.revoked(list(partitions), reader)
+        if LOG.isEnabledFor(logging.DEBUG):
+            LOG.debug(
+                f"Thread {reader} released partitions {sorted(partitions)}; dropped "
+                + (", ".join(f"{f.rel_path} (instance {f.instance})" for f in dropped) or "no file")
+            )
+        return dropped
 
     def commit_offsets(
         self, partitions: Iterable[int], reader: int = 0

@@ -159,9 +159,23 @@ class ConsumerLoop:
             for m in msgs:
                 lo, hi, n = spans.get(m.partition(), (m.offset(), m.offset(), 0))
                 spans[m.partition()] = (min(lo, m.offset()), max(hi, m.offset()), n + 1)
+            started = [
+                f"{e.file.rel_path}#{e.file.instance}{' (echo)' if e.file.echo else ''}"
+                for e in events
+                if e.kind == "started"
+            ]
+            finished = [
+                f"{e.file.rel_path}#{e.file.instance} {e.kind}"
+                for e in events
+                if e.kind in ("complete", "failed", "superseded")
+            ]
             self.log.debug(
-                f"Read {self.o.topic}: "
+                f"Read {self.o.topic} (thread {self.index}): "
                 + ", ".join(f"{p}@{lo}-{hi}({n})" for p, (lo, hi, n) in sorted(spans.items()))
+                + f"; {n_stored} stored"
+                + (f"; started {', '.join(started)}" if started else "")
+                + (f"; {', '.join(finished)}" if finished else "")
+                + f"; pins {self.ledger.pinned_offsets()}"
             )
         self.uploader.handle(events)
         topic = self.o.topic
@@ -259,8 +273,12 @@ class ConsumerLoop:
             self.ledger.committed(tp.partition, tp.offset)
         if self.log.isEnabledFor(logging.DEBUG) and err is None:
             self.log.debug(
-                f"Committed {self.o.topic}: "
-                + ", ".join(f"{tp.partition}@{tp.offset}" for tp in partitions if tp.error is None)
+                f"Committed {self.o.topic} (thread {self.index}): "
+                + ", ".join(
+                    f"{tp.partition}@{tp.offset}" + (f" [{tp.metadata}]" if tp.metadata else "")
+                    for tp in partitions
+                    if tp.error is None
+                )
             )
 
     def _wait_for_commits(self, consumer: Any, timeout: float) -> None:

@@ -130,12 +130,25 @@ class StallMonitor:
         topic, group = self.o.topic, self.o.group_id
         if len(owned) < n_partitions:
             others = sorted(set(range(n_partitions)) - owned)
-            why = (
-                f"its other chunks must be in partitions {others} of {topic}, which another member of "
-                f"group {group} owns (the producer spread this file over partitions {sorted(partitions)}"
-                "...); it completes once one process owns all of them: for topics written that way run "
+            advice = (
+                "it completes once one process owns all of them: for topics written that way run "
                 "one process with more --n_threads"
             )
+            if len(partitions) > 1:
+                why = (
+                    f"its other chunks must be in partitions {others} of {topic}, which another member "
+                    f"of group {group} owns (the producer spread this file over partitions "
+                    f"{sorted(partitions)}...); {advice}"
+                )
+            else:
+                # One partition so far: a file-affine producer still sending (or stopped)
+                # looks the same as a spreading one whose other chunks went elsewhere.
+                why = (
+                    "either the producer has not sent its other chunks (stopped, or still sending), "
+                    "or it spreads a file's chunks over partitions, as OpenMSIStream's producers can, "
+                    f"and they are in partitions {others} of {topic}, which another member of group "
+                    f"{group} owns; in that case {advice}"
+                )
         else:
             why = "the producer has not sent its other chunks (stopped, or still sending)"
         self.log.warning(
