@@ -12,6 +12,9 @@
   into the child's ``ru_maxrss``, so it reports at least the harness's own peak RSS.
 * S3 helpers (bucket create / list / empty+delete) and the OpenMSIStream peer's paths and
   config file.
+
+Nothing here imports ``s3transfer_stream`` at module level: :func:`snapshot_package` must
+put its copy first on ``sys.path`` before the package is imported in this process.
 """
 
 from __future__ import annotations
@@ -33,17 +36,40 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from s3transfer_stream.config import PACKAGED_CONFIG_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHES = REPO / "benches"
 RESULTS = BENCHES / "results"
-VENV_BIN = REPO / ".venv" / "bin"
 MiB = 1 << 20
+
+
+def _venv_bin() -> Path:
+    """The bin directory of the venv running this script (where ``./run`` installed our
+    console scripts, also with ``S3TS_VENV``); ``.venv/bin`` of the repository otherwise."""
+    here = Path(sys.executable).parent
+    return here if (here / "S3TransferStreamProcessor").exists() else REPO / ".venv" / "bin"
+
+
+VENV_BIN = _venv_bin()
+
+
+def package_dir() -> Path:
+    """Where ``import s3transfer_stream`` finds the package, without importing it: the
+    source directory ``python/s3transfer_stream`` for an editable install, the installed
+    copy in site-packages for one from a wheel (as ``./run install`` does)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("s3transfer_stream")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(
+            "s3transfer_stream is not importable: run ./run install (or pip install -e .)"
+        )
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
+
 
 # OpenMSIStream's own local_broker_test_s3_transfer.config settings; the packaged copy
 # of that file serves both programs.
-OMS_CONFIG = (PACKAGED_CONFIG_DIR / "local_broker_test_s3_transfer.config").read_text(
+OMS_CONFIG = (package_dir() / "config_files" / "local_broker_test_s3_transfer.config").read_text(
     encoding="utf-8"
 )
 
@@ -80,14 +106,28 @@ def load_service_env() -> None:
 
 
 def snapshot_package(work: Path) -> dict[str, Any]:
-    """Copies ``python/s3transfer_stream`` (with its built extension) to ``work`` and puts
-    the copy first on ``sys.path`` and ``PYTHONPATH``, so that every program of one bench
-    run uses the same code even while the work tree is being edited. Call it before
-    importing ``s3transfer_stream``. Returns what was measured: commit, dirty files, and a
-    SHA-256 over the copied files."""
+    """Copies the package that ``import s3transfer_stream`` would load (with its built
+    extension ``_core``) to ``work`` and puts the copy first on ``sys.path`` and
+    ``PYTHONPATH``, so that every program of one bench run uses the same code even while
+    the work tree is being edited or the venv reinstalled. Call it before importing
+    ``s3transfer_stream``.
+
+    Editable install (``pip install -e .``, ``maturin develop``): the source directory
+    ``python/s3transfer_stream`` with the ``_core*.so`` built into it. Installed from a
+    wheel (``./run install``, ``./run test``): the installed package directory in
+    site-packages, ``_core`` included; the work tree's ``python/`` then has no ``_core``
+    and is not what runs. Returns what was measured: where it came from, the commit, the
+    uncommitted files, a SHA-256 over the copied files and the extension's build time."""
     import hashlib
 
-    src = REPO / "python" / "s3transfer_stream"
+    src = package_dir()
+    cores = sorted(src.glob("_core*.so")) + sorted(src.glob("_core*.pyd"))
+    if not cores:
+        raise SystemExit(
+            f"{src} has no built extension (_core*.so): build it with `maturin develop "
+            "--release` (editable) or `./run install` (wheel)"
+        )
+    editable = "site-packages" not in src.parts
     dest = work / "snapshot"
     shutil.copytree(src, dest / "s3transfer_stream", ignore=shutil.ignore_patterns("__pycache__"))
     h = hashlib.sha256()
@@ -99,7 +139,23 @@ def snapshot_package(work: Path) -> dict[str, Any]:
     os.environ["PYTHONPATH"] = str(dest) + (
         os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""
     )
-    info: dict[str, Any] = {"sha256": h.hexdigest()[:16]}
+    core_mtime = cores[0].stat().st_mtime
+    info: dict[str, Any] = {
+        "sha256": h.hexdigest()[:16],
+        "source": "editable work tree" if editable else "installed wheel",
+        "package_dir": str(src),
+        "core": cores[0].name,
+        # Its build time when editable; when installed from a wheel, the install time.
+        "core_mtime": dt.datetime.fromtimestamp(core_mtime)
+        .astimezone()
+        .isoformat(timespec="seconds"),
+    }
+    if not editable:
+        with contextlib.suppress(Exception):
+            from importlib.metadata import distribution
+
+            url = json.loads(distribution("s3transfer-stream").read_text("direct_url.json") or "{}")
+            info["installed_from"] = url.get("url", "")
     with contextlib.suppress(Exception):
         info["commit"] = subprocess.run(
             ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
@@ -113,12 +169,28 @@ def snapshot_package(work: Path) -> dict[str, Any]:
             text=True,
             check=True,
         ).stdout.splitlines()
+    newer = [
+        str(f.relative_to(REPO))
+        for f in sorted((REPO / "rust").rglob("*.rs"))
+        if editable and f.stat().st_mtime > core_mtime
+    ]
+    if newer:
+        info["rust_sources_newer_than_core"] = newer
+        log(
+            f"note: {len(newer)} Rust source(s) changed after {cores[0].name} was built "
+            f"(e.g. {newer[0]}); the measured extension is the built one"
+        )
+    if not editable:
+        info["note"] = (
+            "installed from a wheel: the commit and uncommitted files are those of the work "
+            "tree now, which may differ from what the wheel was built from"
+        )
     # Fail now, not in the middle of a run, if the copy is not usable.
     check = subprocess.run(
         [
-            str(VENV_BIN / "python"),
+            sys.executable,
             "-c",
-            "import s3transfer_stream, s3transfer_stream.processor, s3transfer_stream.cli.processor;"
+            "import s3transfer_stream, s3transfer_stream._core, s3transfer_stream.cli.processor;"
             "print(s3transfer_stream.__file__)",
         ],
         capture_output=True,
@@ -127,7 +199,7 @@ def snapshot_package(work: Path) -> dict[str, Any]:
     )
     if check.returncode != 0 or not check.stdout.startswith(str(dest)):
         raise SystemExit(f"the package snapshot does not import: {check.stderr or check.stdout}")
-    log(f"measuring a snapshot of python/s3transfer_stream ({info['sha256']}) in {dest}")
+    log(f"measuring a snapshot of {src} ({info['source']}, {info['sha256']}) in {dest}")
     return info
 
 
@@ -145,6 +217,7 @@ def oms_python() -> Path:
 def oms_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("OPENMSISTREAM_CONFIG_FILE_DIR", None)  # breaks its import (compat notes §7)
+    env.pop("PYTHONPATH", None)  # our package snapshot is nothing of the peer's
     return env
 
 
@@ -484,13 +557,14 @@ def scan_log(path: Path, limit: int = 8) -> dict[str, Any]:
 # --------------------------------------------------------------------------- S3
 
 
-def s3_client() -> Any:
+def s3_client(max_connections: int = 16) -> Any:
+    """A client with our processor's settings (``s3transfer_stream.s3.make_client``)."""
     from s3transfer_stream.config import load_config
     from s3transfer_stream.s3 import make_client
 
     cfg = load_config("local", require=("s3",))
     assert cfg.s3 is not None
-    return make_client(cfg.s3, max_connections=16)
+    return make_client(cfg.s3, max_connections=max_connections)
 
 
 def list_sizes(client: Any, bucket: str, prefix: str = "") -> dict[str, int]:
@@ -503,6 +577,14 @@ def list_sizes(client: Any, bucket: str, prefix: str = "") -> dict[str, int]:
         if not r.get("IsTruncated"):
             return out
         kwargs["ContinuationToken"] = r["NextContinuationToken"]
+
+
+def warm_bucket(client: Any, bucket: str) -> None:
+    """PUTs and deletes one small object: SeaweedFS allocates a new bucket's volume on
+    its first write (~0.2 s here), which should not be part of any measured run."""
+    key = "bench-warm-up"
+    client.put_object(Bucket=bucket, Key=key, Body=b"warm-up")
+    client.delete_object(Bucket=bucket, Key=key)
 
 
 def delete_bucket(client: Any, bucket: str) -> None:
@@ -556,7 +638,9 @@ def fmt_table(headers: list[str], rows: Iterable[list[Any]]) -> str:
 
 
 def service_processes() -> dict[str, psutil.Process]:
-    """The Kafka broker and the S3 server (from the pid files of ``services/``)."""
+    """The Kafka broker and the S3 server, from the pid files ``services/kafka.sh`` and
+    ``services/seaweedfs.sh`` write (``$S3TS_STATE/kafka/kafka.pid``,
+    ``$S3TS_STATE/seaweedfs/weed.pid``; ``bash services/all.sh status`` shows the same pids)."""
     state = Path(os.environ.get("S3TS_STATE", Path.home() / ".cache/s3transfer-stream/run"))
     out = {}
     for name, pid_file in (
@@ -569,7 +653,11 @@ def service_processes() -> dict[str, psutil.Process]:
 
 
 class CpuMeter:
-    """CPU seconds used by the whole machine and by the services between two points."""
+    """CPU seconds used by the whole machine and by the services between two points.
+
+    A service that was restarted in between (another engineer's tests restart the broker
+    now and then) has no meaningful figure: it is reported as ``None`` with
+    ``<name>_restarted: True``, and such a run should be repeated."""
 
     def __init__(self) -> None:
         self.services = service_processes()
@@ -578,23 +666,33 @@ class CpuMeter:
         self._svc0 = {n: self._cpu(p) for n, p in self.services.items()}
 
     @staticmethod
-    def _cpu(p: psutil.Process) -> float:
+    def _cpu(p: psutil.Process) -> float | None:
         with contextlib.suppress(psutil.Error):
-            t = p.cpu_times()
-            return t.user + t.system
-        return 0.0
+            if p.is_running():  # also false if the pid was reused
+                t = p.cpu_times()
+                return t.user + t.system
+        return None
 
-    def read(self) -> dict[str, float]:
+    def read(self) -> dict[str, Any]:
         wall = time.monotonic() - self._t0
         sys1 = psutil.cpu_times()
         busy = sum(sys1) - sys1.idle - getattr(sys1, "iowait", 0.0)
         busy0 = sum(self._sys0) - self._sys0.idle - getattr(self._sys0, "iowait", 0.0)
         ncpu = psutil.cpu_count() or 1
-        out = {
+        out: dict[str, Any] = {
+            "wall_s": round(wall, 3),
             "machine_cpu_busy_pct": round(100 * (busy - busy0) / (wall * ncpu), 1) if wall else 0.0,
         }
-        for n, p in self.services.items():
-            out[f"{n}_cpu_s"] = round(self._cpu(p) - self._svc0[n], 2)
+        for n in ("kafka", "s3"):
+            p = self.services.get(n)
+            c0 = self._svc0.get(n)
+            c1 = self._cpu(p) if p is not None else None
+            if c0 is None or c1 is None:
+                out[f"{n}_cpu_s"] = None
+                if p is not None:
+                    out[f"{n}_restarted"] = True
+            else:
+                out[f"{n}_cpu_s"] = round(c1 - c0, 2)
         return out
 
 

@@ -1,50 +1,88 @@
-"""End-to-end throughput, side by side: OpenMSIStream 1.8.8's S3TransferStreamProcessor and ours.
+"""End to end, per workload: the Kafka and S3 ceilings, our processor and OpenMSIStream 1.8.8's.
 
-One run of this script:
+Workloads (``--workload``, several comma-separated or ``all`` = small,typical,large,mixed):
 
-1. makes a data set (default 16 files x 32 MiB of random bytes + 200 small files of
-   1-64 KiB, in subdirectories; ``--scale`` multiplies both file counts);
-2. produces it ONCE, with our producer (``producer.send_file``, file-affine partitions,
-   512 KiB chunks), to a fresh topic with 3 partitions; then, for scale, reads the whole
-   topic with one plain consumer and PUTs every file with boto3 from 8 threads
-   (``--no_baselines`` skips this);
-3. runs each processor on that topic, one after the other, each with its own fresh
-   consumer group, its own fresh bucket and ``--n_threads 2``; the order alternates over
-   ``--repeat`` runs. Each time it measures the wall time from process start until every
-   expected object is listed in the bucket with the right size (``list_objects_v2`` polled
-   every 0.25 s), the process's peak RSS (the kernel's ``VmHWM`` and psutil
-   samples, every 50 ms, children included) and its CPU time (user+sys, at completion and
-   over the whole life including shutdown);
-4. verifies a sample of the objects byte for byte against the source files;
-5. prints a table and the ratios and writes the results to
-   ``benches/results/e2e-<date>.json``.
+=========  ====================================================================
+small      1000 files x 256 KiB (one chunk each; single PUTs)
+typical    100 files x 8 MiB (16 chunks each; one part: single PUTs)
+large      2 files x 1 GiB (multipart uploads of 128 parts)
+mixed      500 files of 16 KiB-1 MiB + 50 files of 2-24 MiB + 2 files of 256 MiB and a
+           bit (sizes drawn with ``--seed``; part sizes that do not divide them)
+legacy     the data set of the runs before issue 8 (16 x 32 MiB + 200 x 1-64 KiB)
+=========  ====================================================================
 
-With ``--also_tuned`` our processor runs a third time per round with the consumer settings
-that ``rss_big_file.py --sweep`` found best (see BENCHMARKS.md); it is not part of the
-ours-vs-theirs ratios.
+``--scale F`` shrinks a workload for quick checks: a group of 10 or more files keeps its
+sizes and gets F times as many files (at least 1); a group of fewer files (the 1 GiB and
+256 MiB ones) keeps its count and gets F times the size, but at least two parts and 1 MiB
+(so it stays a multipart upload).
 
-Run:  .venv/bin/python benches/e2e.py [--scale 0.25] [--repeat 2] [--only ours|theirs] [--also_tuned]
+Per workload, one run of this script:
+
+1. writes the files (random bytes) and produces them ONCE with our producer
+   (``producer.send_file``, 512 KiB chunks, file-affine partitions) to a fresh topic with
+   ``--partitions`` partitions;
+2. then, ``--repeat`` rounds (default 3; the order within a round alternates), against the
+   same broker and S3 server, each with its own fresh consumer group and bucket (written
+   to once before: SeaweedFS allocates a bucket's volume on its first write, ~0.2 s):
+
+   (a) ``kafka``: the Kafka ceiling, ONE plain confluent-kafka consumer reading the whole
+       topic (``benches/_ceilings.py``);
+   (b) ``s3``: the S3 ceiling, the same files from memory uploaded with our processor's
+       part size and concurrency, through our ``ObjectStore`` with its checksums: PUTs
+       for files of at most one part, multipart uploads for bigger ones
+       (``benches/_ceilings.py``; the settings are read from the measured package's
+       command-line defaults);
+   (c) ``ours``: our ``S3TransferStreamProcessor``;
+   (d) ``theirs``: OpenMSIStream 1.8.8's ``S3TransferStreamProcessor`` (its own venv,
+       ``services/openmsistream-peer.sh``); only ONE round on ``large`` (it runs at
+       ~2 MB/s there), ``--theirs_runs N`` to change that, ``--skip_theirs`` to leave it out;
+
+   both processors with ``--n_threads 2`` and the same config file. For (c) and (d) the
+   time runs from the process's start until every object is listed with its size
+   (``list_objects_v2`` every 0.25 s); for (a) and (b) it is the transfer alone. Each
+   run records MB/s (10^6 bytes of file data per s), files/s, the CPU seconds of the
+   program (until done and over its life), of the Kafka broker and of the S3 server
+   (their pids from the pid files of ``services/``), the peak RSS (``VmHWM`` and 50 ms
+   samples), the load average; (c) and (d) then have a sample of objects read back and
+   compared with the source files (SHA-256);
+3. prints the runs, the medians with min-max, the ratios c/d and c/min(a,b), and writes
+   ``benches/results/e2e-<workload>-<date>.json`` (runs with ``--scale`` other than 1 go
+   to ``benches/results/scaled/``), then redraws the chart (``benches/chart.py``) of
+   that directory.
+
+Every program of the invocation runs from a copy of the installed package taken at the
+start (``_common.snapshot_package``), and the harness waits before each round for the
+1-minute load average to drop below ``--max_load`` (``--max_load 0``: no waiting).
+
+Run:  .venv/bin/python benches/e2e.py --workload small|typical|large|mixed|all
+      [--scale 0.05] [--repeat 3] [--skip_theirs] [--max_load 0]
 The local services must be running (``bash services/all.sh start``).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import random
+import shlex
 import shutil
 import statistics
 import sys
 import tempfile
 import time
 import uuid
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from _common import (
     BENCHES,
     OMS_CONFIG,
+    REPO,
     RESULTS,
+    MeasuredProcess,
     MiB,
     delete_bucket,
     fmt_table,
@@ -57,55 +95,104 @@ from _common import (
     oms_python,
     package_versions,
     processor_exe,
-    read_object,
     run_until_objects,
     s3_client,
+    scan_log,
     snapshot_package,
     today,
     wait_for_low_load,
+    warm_bucket,
     write_json,
 )
 
-PROGRAMS = ("ours", "theirs")
-#: ``--also_tuned``: our processor once more, with the settings that rss_big_file.py's sweep
-#: found best ("proposal A"); run through benches/_ours_tuned.py for the batch size.
+KiB = 1 << 10
+GiB = 1 << 30
+CHUNK_SIZE = 512 * KiB  # the producer's default chunk size (OpenMSIStream's too)
+
+CEILINGS = ("kafka", "s3")
+PROCESSORS = ("ours", "theirs")
+PROGRAMS = (*CEILINGS, *PROCESSORS)
+LABELS = {
+    "kafka": "(a) Kafka ceiling",
+    "s3": "(b) S3 ceiling",
+    "ours": "(c) ours",
+    "theirs": "(d) OpenMSIStream 1.8.8",
+}
+#: ``--also_tuned``: our processor once more, through benches/_ours_tuned.py, with the
+#: settings rss_big_file.py's sweep found best ("proposal A", the defaults since then).
 TUNED = "ours-tuned"
 TUNED_ARGS = ["--max_parts_in_flight", "4"]
 TUNED_CONSUMER = {"fetch.queue.backoff.ms": "10", "queued.max.messages.kbytes": "16384"}
 TUNED_ENV = {"BENCH_BATCH_SIZE": "16"}
-ALL_PROGRAMS = (*PROGRAMS, TUNED)
 WORK_PREFIX = "s3ts-bench-e2e-"
+SCALED_RESULTS = RESULTS / "scaled"
 
 
-def make_dataset(root: Path, args: argparse.Namespace) -> dict[str, int]:
-    """Writes the files; returns ``{relative posix path: size}``."""
-    rng = random.Random(args.seed)
+@dataclass(frozen=True)
+class Group:
+    """``count`` files of ``min_size``-``max_size`` bytes (uniform) under ``name/``."""
+
+    name: str
+    count: int
+    min_size: int
+    max_size: int
+    subdirs: int = 10
+
+
+WORKLOADS: dict[str, tuple[Group, ...]] = {
+    "small": (Group("small", 1000, 256 * KiB, 256 * KiB),),
+    "typical": (Group("typical", 100, 8 * MiB, 8 * MiB),),
+    "large": (Group("large", 2, GiB, GiB, subdirs=1),),
+    "mixed": (
+        Group("small", 500, 16 * KiB, MiB),
+        Group("typical", 50, 2 * MiB, 24 * MiB),
+        Group("large", 2, 256 * MiB + 1, 256 * MiB + 3 * MiB, subdirs=1),
+    ),
+    "legacy": (
+        Group("big", 16, 32 * MiB, 32 * MiB, subdirs=2),
+        Group("small", 200, KiB, 64 * KiB),
+    ),
+}
+NAMED = ("small", "typical", "large", "mixed")
+
+
+def scaled(groups: tuple[Group, ...], scale: float, part_size: int) -> list[Group]:
+    """The groups of a workload at ``scale`` (see the module docstring)."""
+    out = []
+    for g in groups:
+        if scale == 1.0:
+            out.append(g)
+        elif g.count >= 10:
+            out.append(replace(g, count=max(1, round(g.count * scale))))
+        else:
+            floor = 2 * part_size + MiB
+            lo = max(floor, round(g.min_size * scale))
+            hi = max(lo, round(g.max_size * scale))
+            out.append(replace(g, min_size=lo, max_size=hi))
+    return out
+
+
+def make_dataset(root: Path, groups: list[Group], seed: int) -> dict[str, int]:
+    """Writes the files (random bytes); returns ``{relative posix path: size}``."""
+    rng = random.Random(seed)
     files: dict[str, int] = {}
-    n_big = max(0, round(args.big_files * args.scale))
-    n_small = max(0, round(args.small_files * args.scale))
-    big = args.big_mib * MiB
-    for i in range(n_big):
-        rel = f"big/run_{i // 8:02d}/frame_{i:03d}.dat"
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        with open(p, "wb") as f:
-            left = big
-            while left:
-                n = min(left, 8 * MiB)
-                f.write(os.urandom(n))
-                left -= n
-        files[rel] = big
-    for i in range(n_small):
-        rel = f"small/sample_{i % 10}/meta_{i:04d}.bin"
-        size = rng.randint(args.small_min_kib * 1024, args.small_max_kib * 1024)
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(os.urandom(size))
-        files[rel] = size
+    for g in groups:
+        for i in range(g.count):
+            size = rng.randint(g.min_size, g.max_size)
+            rel = f"{g.name}/d{i % g.subdirs:02d}/{g.name}_{i:04d}.dat"
+            p = root / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            with open(p, "wb") as f:
+                left = size
+                while left:
+                    n = min(left, 16 * MiB)
+                    f.write(os.urandom(n))
+                    left -= n
+            files[rel] = size
     return files
 
 
-def produce(root: Path, files: dict[str, int], topic: str, args: argparse.Namespace) -> float:
+def produce(root: Path, files: dict[str, int], topic: str, partitions: int) -> float:
     """Produces every file once with our producer; returns the seconds it took."""
     from s3transfer_stream.config import load_config
     from s3transfer_stream.kafka import make_producer
@@ -122,7 +209,8 @@ def produce(root: Path, files: dict[str, int], topic: str, args: argparse.Namesp
                 topic,
                 root / rel,
                 root=root,
-                n_partitions=args.partitions,
+                chunk_size=CHUNK_SIZE,
+                n_partitions=partitions,
                 n_threads=2,
                 wait=False,
             )
@@ -136,6 +224,26 @@ def produce(root: Path, files: dict[str, int], topic: str, args: argparse.Namesp
     return seconds
 
 
+def upload_settings(cfg: Path) -> dict[str, int]:
+    """Part size and upload concurrency our processor runs with by default, as its own
+    command line computes them (so the S3 ceiling follows any change of the defaults)."""
+    try:
+        from s3transfer_stream.cli.processor import build_parser, options_from_args
+
+        args = build_parser().parse_args(
+            ["bench-x", "--config", str(cfg), "--topic_name", "t", "--consumer_group_id", "g"]
+        )
+        o = options_from_args(args)
+        return {
+            "part_size": int(o.part_size),
+            "part_workers": int(o.max_parts_in_flight),
+            "put_workers": int(getattr(o, "finish_workers", 8)),
+        }
+    except Exception as err:  # the CLI changed shape: say so, and use the known defaults
+        log(f"could not read the processor's upload settings ({err!r}); using 8 MiB / 4 / 8")
+        return {"part_size": 8 * MiB, "part_workers": 4, "put_workers": 8}
+
+
 def processor_argv(
     program: str, bucket: str, topic: str, group: str, out: Path, cfg: Path, n_threads: int
 ) -> list[str]:
@@ -145,7 +253,7 @@ def processor_argv(
         if not cfg.exists():
             cfg.write_text(OMS_CONFIG + "".join(f"{k} = {v}\n" for k, v in TUNED_CONSUMER.items()))
     else:
-        exe = [str(processor_exe(program))]
+        exe = [str(processor_exe("ours" if program == "ours" else "theirs"))]
     return [
         *exe,
         bucket,
@@ -163,406 +271,493 @@ def processor_argv(
     ]
 
 
-def run_one(
-    program: str,
-    run: int,
-    topic: str,
-    files: dict[str, int],
-    root: Path,
-    work: Path,
-    cfg: Path,
-    client: Any,
-    args: argparse.Namespace,
-) -> dict[str, Any]:
+@dataclass
+class Context:
+    """What every run of one workload shares."""
+
+    workload: str
+    topic: str
+    files: dict[str, int]
+    root: Path
+    work: Path
+    cfg: Path
+    client: Any
+    upload: dict[str, int]
+    args: argparse.Namespace
+
+    @property
+    def total(self) -> int:
+        return sum(self.files.values())
+
+    def timeout(self, program: str) -> float:
+        if self.args.timeout:
+            return float(self.args.timeout)
+        # Generous: a hang ends the run, a slow program should not.
+        rate = 0.5e6 if program == "theirs" else 2e6
+        return (300 if program == "theirs" else 120) + self.total / rate
+
+
+def _record(program: str, run: int, r: dict[str, Any], files: int, total: int) -> dict[str, Any]:
+    """Adds the keys every program's run has (same names for ceilings and processors)."""
+    seconds = r.get("seconds")
+    ok = r.get("status") == "ok" and seconds
+    out = {
+        "program": program,
+        "run": run,
+        "status": r.get("status", "?"),
+        "seconds": seconds if ok else None,
+        "throughput_MBps": round(total / 1e6 / seconds, 2) if ok else None,
+        "files_per_s": round(files / seconds, 2) if ok else None,
+        "cpu_s": r.get("cpu_s"),
+        "cpu_s_total": r.get("cpu_s_total"),
+        "peak_rss_MiB": r.get("peak_rss_MiB"),
+    }
+    svc = r.get("services") or r.get("until_done") or {}
+    for k in ("kafka_cpu_s", "s3_cpu_s", "machine_cpu_busy_pct"):
+        out[k] = svc.get(k)
+    out["service_restarted"] = [n for n in ("kafka", "s3") if svc.get(f"{n}_restarted")]
+    return {**out, **{k: v for k, v in r.items() if k not in out}}
+
+
+def run_ceiling(which: str, run: int, ctx: Context) -> dict[str, Any]:
+    out = ctx.work / f"{which}-run{run}.json"
+    argv = [sys.executable, str(BENCHES / "_ceilings.py"), which, "--out", str(out)]
+    if which == "kafka":
+        argv += ["--topic", ctx.topic, "--timeout", str(ctx.timeout("kafka"))]
+    else:
+        files_json = ctx.work / "files.json"
+        if not files_json.exists():
+            files_json.write_text(json.dumps(ctx.files))
+        argv += [
+            "--data",
+            str(ctx.root),
+            "--files",
+            str(files_json),
+            *(f"--{k}={v}" for k, v in ctx.upload.items()),
+        ]
+    log(f"run {run}: {LABELS[which]} (load {load_now()})")
+    load_before = load_now()
+    log_path = ctx.work / f"{which}-run{run}.log"
+    mp = MeasuredProcess(argv, env=os.environ, cwd=ctx.work, log_path=log_path)
+    res = mp.wait(timeout=ctx.timeout(which) + 120)
+    r: dict[str, Any] = {"status": f"exited with {res.returncode}"}
+    if out.exists():
+        r = json.loads(out.read_text())
+        if res.returncode != 0 and r.get("status") == "ok":
+            r["status"] = f"exited with {res.returncode}"
+    r.update(
+        {
+            "cpu_s_total": round(res.cpu_total, 2),
+            "peak_rss_MiB": round(res.peak_rss / MiB, 1),
+            "process_seconds_total": round(res.wall_total, 2),
+            "returncode": res.returncode,
+            "killed": res.killed,
+            "load_before": load_before,
+            "load_after": load_now(),
+            "log": scan_log(log_path),
+        }
+    )
+    if r["status"] != "ok":
+        r["log_tail"] = log_path.read_text(errors="replace").splitlines()[-30:]
+    rec = _record(which, run, r, len(ctx.files), ctx.total)
+    if which == "kafka" and rec["status"] == "ok" and r.get("message_bytes", 0) < ctx.total:
+        rec["status"] = f"read only {r.get('message_bytes')} bytes of messages"
+    _log_result(rec)
+    return rec
+
+
+def run_processor(program: str, run: int, ctx: Context) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:8]
     bucket = f"bench-{program}-{tag}"
     group = f"bench-{program}-{tag}"
-    out = work / f"{program}-run{run}"
+    out = ctx.work / f"{program}-run{run}"
     out.mkdir()
-    client.create_bucket(Bucket=bucket)
-    expected = {f"{topic}/{rel}": size for rel, size in files.items()}
-    log(f"run {run}: {program} -> bucket {bucket} (load {load_now()})")
+    ctx.client.create_bucket(Bucket=bucket)
+    warm_bucket(ctx.client, bucket)
+    expected = {f"{ctx.topic}/{rel}": size for rel, size in ctx.files.items()}
+    log(f"run {run}: {LABELS.get(program, program)} -> bucket {bucket} (load {load_now()})")
     try:
         r = run_until_objects(
             program,
-            processor_argv(program, bucket, topic, group, out, cfg, args.n_threads),
+            processor_argv(program, bucket, ctx.topic, group, out, ctx.cfg, ctx.args.n_threads),
             env=oms_env()
             if program == "theirs"
             else {**os.environ, **(TUNED_ENV if program == TUNED else {})},
-            cwd=work,
-            log_path=work / f"{program}-run{run}.log",
-            client=client,
+            cwd=ctx.work,
+            log_path=ctx.work / f"{program}-run{run}.log",
+            client=ctx.client,
             bucket=bucket,
-            prefix=f"{topic}/",
+            prefix=f"{ctx.topic}/",
             expected=expected,
-            timeout=args.timeout,
-            stop_timeout=args.stop_timeout,
+            timeout=ctx.timeout(program),
+            stop_timeout=ctx.args.stop_timeout,
         )
-        r = {"run": run, "bucket": bucket, "group": group, **r}
-        if r["status"] != "ok":
-            log(f"run {run}: {program}: {r['status']} ({r['objects_ok']}/{len(expected)} objects)")
-        else:
-            log(
-                f"run {run}: {program}: {len(expected)} objects in {r['seconds_to_all_objects']:.1f} s "
-                f"({r['throughput_MBps']:.1f} MB/s), peak RSS {r['peak_rss_MiB']:.0f} MiB, "
-                f"exited {r['process_seconds_total'] - r['seconds_to_all_objects']:.1f} s later"
+        r["seconds"] = r["seconds_to_all_objects"]
+        r["cpu_s"] = r["cpu_s_at_done"]
+        t_ready = r["seconds_to_listening_line"]
+        if r["seconds"] and t_ready and r["seconds"] > t_ready:
+            r["throughput_after_listening_MBps"] = round(
+                ctx.total / 1e6 / (r["seconds"] - t_ready), 2
             )
-        r["verify"] = (
-            verify_sample(client, bucket, topic, root, files, args) if r["objects_ok"] else {}
-        )
+        r["bucket"], r["group"] = bucket, group
+        r["verify"] = verify_sample(ctx, bucket) if r["objects_ok"] else {}
+        if r["status"] == "ok" and r["verify"].get("identical") != r["verify"].get("checked"):
+            r["status"] = "objects differ from the source files"
     finally:
-        if not args.keep_buckets:
-            delete_bucket(client, bucket)
-    return r
+        if not ctx.args.keep_buckets:
+            delete_bucket(ctx.client, bucket)
+    rec = _record(program, run, r, len(ctx.files), ctx.total)
+    _log_result(rec)
+    return rec
 
 
-def verify_sample(
-    client: Any,
-    bucket: str,
-    topic: str,
-    root: Path,
-    files: dict[str, int],
-    args: argparse.Namespace,
-) -> dict[str, Any]:
-    rng = random.Random(args.seed + 1)
-    rels = sorted(files)
-    if not args.verify_all:
-        big = [r for r in rels if r.startswith("big/")]
-        small = [r for r in rels if not r.startswith("big/")]
-        rels = rng.sample(big, min(args.verify_big, len(big))) + rng.sample(
-            small, min(args.verify_small, len(small))
-        )
+def _log_result(r: dict[str, Any]) -> None:
+    name = LABELS.get(r["program"], r["program"])
+    if r["status"] != "ok":
+        log(f"run {r['run']}: {name}: {r['status']}")
+        return
+    extra = ""
+    if "process_seconds_total" in r and r["program"] in PROCESSORS:
+        extra = f", exited {r['process_seconds_total'] - r['seconds']:.1f} s later"
+    log(
+        f"run {r['run']}: {name}: {r['seconds']:.1f} s, {r['throughput_MBps']:.1f} MB/s, "
+        f"{r['files_per_s']:.1f} files/s, CPU {r['cpu_s']} s, peak RSS {r['peak_rss_MiB']:.0f} MiB"
+        + extra
+    )
+
+
+def _sha256_stream(read: Any, size: int = 8 * MiB) -> str:
+    h = hashlib.sha256()
+    while block := read(size):
+        h.update(block)
+    return h.hexdigest()
+
+
+def verify_sample(ctx: Context, bucket: str) -> dict[str, Any]:
+    """Reads back ``--verify`` objects of each group (all with ``--verify_all``) and
+    compares their SHA-256 with the source file's."""
+    rng = random.Random(ctx.args.seed + 1)
+    by_group: dict[str, list[str]] = {}
+    for rel in sorted(ctx.files):
+        by_group.setdefault(rel.split("/", 1)[0], []).append(rel)
+    rels: list[str] = []
+    for members in by_group.values():
+        n = len(members) if ctx.args.verify_all else min(ctx.args.verify, len(members))
+        rels += rng.sample(members, n)
     bad = []
     for rel in rels:
         try:
-            same = read_object(client, bucket, f"{topic}/{rel}") == (root / rel).read_bytes()
+            body = ctx.client.get_object(Bucket=bucket, Key=f"{ctx.topic}/{rel}")["Body"]
+            try:
+                got = _sha256_stream(body.read)
+            finally:
+                body.close()
+            with open(ctx.root / rel, "rb") as f:
+                want = _sha256_stream(f.read)
         except Exception as err:
             bad.append(f"{rel}: {type(err).__name__}: {err}")
             continue
-        if not same:
+        if got != want:
             bad.append(f"{rel}: content differs")
     return {"checked": len(rels), "identical": len(rels) - len(bad), "problems": bad[:10]}
 
 
-def baseline_kafka(topic: str, total_messages_hint: int | None = None) -> dict[str, Any]:
-    """Reads the whole topic with one plain confluent-kafka consumer (no processing): the
-    rate at which this broker hands out these messages to one client on this machine."""
-    from confluent_kafka import Consumer, TopicPartition
+# --------------------------------------------------------------------------- summary
 
-    bootstrap = os.environ["LOCAL_KAFKA_BROKER_BOOTSTRAP_SERVERS"]
-    c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-raw-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    try:
-        md = c.list_topics(topic, timeout=10)
-        parts = sorted(md.topics[topic].partitions)
-        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
-        t0 = time.monotonic()
-        c.assign([TopicPartition(topic, p, 0) for p in parts])
-        pos = dict.fromkeys(parts, 0)
-        n = nbytes = 0
-        while any(pos[p] < ends[p] for p in parts) and time.monotonic() - t0 < 120:
-            for m in c.consume(num_messages=64, timeout=1.0):
-                if m.error():
-                    continue
-                n += 1
-                nbytes += len(m.value())
-                pos[m.partition()] = m.offset() + 1
-        dt = time.monotonic() - t0
-    finally:
-        c.close()
+STATS = (
+    "seconds",
+    "throughput_MBps",
+    "files_per_s",
+    "cpu_s",
+    "peak_rss_MiB",
+    "kafka_cpu_s",
+    "s3_cpu_s",
+)
+
+
+def _spread(values: list[float]) -> dict[str, float] | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
     return {
-        "messages": n,
-        "bytes": nbytes,
-        "seconds": round(dt, 2),
-        "MBps": round(nbytes / 1e6 / dt, 1),
+        "median": round(statistics.median(values), 2),
+        "min": round(min(values), 2),
+        "max": round(max(values), 2),
     }
 
 
-def baseline_s3(client: Any, root: Path, files: dict[str, int], threads: int = 8) -> dict[str, Any]:
-    """PUTs every file of the data set (one put_object each, ``threads`` at a time) with
-    boto3 from this process: what the S3 server takes on this machine, no Kafka involved."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    bucket = f"bench-raw-{uuid.uuid4().hex[:8]}"
-    client.create_bucket(Bucket=bucket)
-    try:
-        t0 = time.monotonic()
-
-        def put(rel: str) -> None:
-            client.put_object(Bucket=bucket, Key=rel, Body=(root / rel).read_bytes())
-
-        with ThreadPoolExecutor(threads) as ex:
-            list(ex.map(put, files))
-        dt = time.monotonic() - t0
-    finally:
-        delete_bucket(client, bucket)
-    total = sum(files.values())
-    return {"threads": threads, "seconds": round(dt, 2), "MBps": round(total / 1e6 / dt, 1)}
-
-
-def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(runs: list[dict[str, Any]], n_files: int, total: int) -> dict[str, Any]:
     summary: dict[str, Any] = {}
-    for program in ALL_PROGRAMS:
-        ok = [r for r in runs if r["program"] == program and r["status"] == "ok"]
-        if not ok:
+    for program in (*PROGRAMS, TUNED):
+        mine = [r for r in runs if r["program"] == program]
+        ok = [r for r in mine if r["status"] == "ok"]
+        if not mine:
             continue
+        s: dict[str, Any] = {"label": LABELS.get(program, program), "runs": len(mine)}
+        s["runs_ok"] = len(ok)
+        for key in STATS:
+            s[key] = _spread([r.get(key) for r in ok])
+        if s["cpu_s"]:
+            med = s["cpu_s"]["median"]
+            s["cpu_ms_per_file"] = round(1000 * med / n_files, 3)
+            s["cpu_s_per_GB"] = round(med / (total / 1e9), 2)
+        summary[program] = s
 
-        def med(key: str, ok: list[dict[str, Any]] = ok) -> float:
-            return round(statistics.median(r[key] for r in ok), 2)
+    def med(program: str, key: str) -> float | None:
+        v = (summary.get(program) or {}).get(key)
+        return v["median"] if v else None
 
-        summary[program] = {
-            "runs_ok": len(ok),
-            "runs": len([r for r in runs if r["program"] == program]),
-            "seconds_to_all_objects": med("seconds_to_all_objects"),
-            "throughput_MBps": med("throughput_MBps"),
-            "files_per_s": med("files_per_s"),
-            "peak_rss_MiB": round(max(r["peak_rss_MiB"] for r in ok), 1),
-            "cpu_s_at_done": med("cpu_s_at_done"),
-            "cpu_s_total": med("cpu_s_total"),
-            "throughput_MBps_all_runs": [r["throughput_MBps"] for r in ok],
-        }
-    if "ours" in summary and "theirs" in summary:
-        o, t = summary["ours"], summary["theirs"]
-        summary["ratios"] = {
-            "throughput_x (ours / theirs)": round(o["throughput_MBps"] / t["throughput_MBps"], 2),
-            "peak_rss_div (theirs / ours)": round(t["peak_rss_MiB"] / o["peak_rss_MiB"], 2),
-            "cpu_at_done_div (theirs / ours)": round(t["cpu_s_at_done"] / o["cpu_s_at_done"], 2),
-        }
-        if TUNED in summary:
-            u = summary[TUNED]
-            summary["ratios"]["throughput_x (ours-tuned / theirs)"] = round(
-                u["throughput_MBps"] / t["throughput_MBps"], 2
-            )
-            summary["ratios"]["peak_rss_div (theirs / ours-tuned)"] = round(
-                t["peak_rss_MiB"] / u["peak_rss_MiB"], 2
-            )
+    ratios: dict[str, Any] = {}
+    c, d = med("ours", "throughput_MBps"), med("theirs", "throughput_MBps")
+    a, b = med("kafka", "throughput_MBps"), med("s3", "throughput_MBps")
+    if c and d:
+        ratios["c/d throughput (ours / OpenMSIStream)"] = round(c / d, 2)
+        for key, name in (("cpu_s", "CPU s until done"), ("peak_rss_MiB", "peak RSS")):
+            oc, od = med("ours", key), med("theirs", key)
+            if oc and od:
+                ratios[f"d/c {name} (OpenMSIStream / ours)"] = round(od / oc, 2)
+    if c and a and b:
+        ratios["c/min(a,b) throughput (ours / the lower ceiling)"] = round(c / min(a, b), 2)
+        ratios["lower ceiling"] = "a (Kafka)" if a <= b else "b (S3)"
+        # The same ratio round by round (a, b and c of one round ran back to back).
+        per_round = []
+        for run in sorted({r["run"] for r in runs}):
+            got = {
+                r["program"]: r["throughput_MBps"]
+                for r in runs
+                if r["run"] == run and r["status"] == "ok"
+            }
+            if all(got.get(p) for p in ("kafka", "s3", "ours")):
+                per_round.append(round(got["ours"] / min(got["kafka"], got["s3"]), 2))
+        ratios["c/min(a,b) per round"] = per_round
+    if c and b:
+        ratios["c/b throughput (ours / S3 ceiling)"] = round(c / b, 2)
+    summary["ratios"] = ratios
     return summary
 
 
-def print_report(
-    runs: list[dict[str, Any]],
-    summary: dict[str, Any],
-    total: int,
-    n_files: int,
-    baselines: dict[str, Any],
-) -> None:
-    print(f"\nData set: {n_files} files, {total / 1e6:.1f} MB ({total / MiB:.1f} MiB)")
-    for name, b in baselines.items():
-        print(f"baseline {name}: {b['MBps']} MB/s ({b['seconds']} s)")
-    print()
+def _fmt(s: dict[str, float] | None, digits: int = 1) -> str:
+    if not s:
+        return "-"
+    m, lo, hi = (round(s[k], digits) for k in ("median", "min", "max"))
+    return f"{m}" if lo == hi else f"{m} ({lo}-{hi})"
+
+
+def print_report(result: dict[str, Any]) -> None:
+    ds = result["dataset"]
+    runs = result["runs"]
+    print(f"\n=== workload {result['workload']} (scale {result['scale']})")
+    print(f"command: {result['command']}")
+    print(
+        f"data set: {ds['files']} files, {ds['bytes'] / 1e6:.1f} MB ({ds['bytes'] / MiB:.1f} MiB): "
+        + "; ".join(
+            f"{g['count']} x {g['min_size'] / MiB:.3g}"
+            + (f"-{g['max_size'] / MiB:.3g}" if g["max_size"] != g["min_size"] else "")
+            + " MiB"
+            for g in ds["groups"]
+        )
+        + f"; {ds['partitions']} partitions, produced in {ds['produce_seconds']} s"
+    )
+    u = result["upload_settings"]
+    print(
+        f"upload settings (ours and the S3 ceiling): part size {u['part_size'] / MiB:g} MiB, "
+        f"{u['part_workers']} parts in flight, {u['put_workers']} PUT/complete workers"
+    )
     headers = [
         "run",
         "program",
         "status",
-        "s to 'Listening'",
-        "s to all objects",
+        "s",
         "MB/s",
         "files/s",
+        "CPU s",
+        "CPU s total",
         "peak RSS MiB",
-        "CPU s (at done)",
-        "CPU s (total)",
-        "machine CPU busy %",
         "Kafka / S3 server CPU s",
+        "machine busy %",
+        "load before",
         "verified",
         "log err/warn",
     ]
     rows = []
     for r in runs:
-        v = r["verify"]
+        v = r.get("verify") or {}
+        lg = r.get("log") or {}
         rows.append(
             [
                 r["run"],
                 r["program"],
-                r["status"],
-                r["seconds_to_listening_line"] or "-",
-                r["seconds_to_all_objects"] or "-",
+                r["status"]
+                + (f" (restarted: {r['service_restarted']})" if r["service_restarted"] else ""),
+                r["seconds"] or "-",
                 r["throughput_MBps"] or "-",
                 r["files_per_s"] or "-",
+                r["cpu_s"] if r["cpu_s"] is not None else "-",
+                r["cpu_s_total"] if r["cpu_s_total"] is not None else "-",
                 r["peak_rss_MiB"],
-                r["cpu_s_at_done"] if r["cpu_s_at_done"] is not None else "-",
-                r["cpu_s_total"],
-                r["until_done"].get("machine_cpu_busy_pct", "-"),
-                f"{r['until_done'].get('kafka_cpu_s', '-')} / {r['until_done'].get('s3_cpu_s', '-')}",
-                f"{v.get('identical', 0)}/{v.get('checked', 0)}",
-                f"{r['log']['error']}/{r['log']['warning']}",
+                f"{r['kafka_cpu_s'] if r['kafka_cpu_s'] is not None else '-'} / "
+                f"{r['s3_cpu_s'] if r['s3_cpu_s'] is not None else '-'}",
+                r["machine_cpu_busy_pct"] if r["machine_cpu_busy_pct"] is not None else "-",
+                r.get("load_before", ["-"])[0],
+                f"{v['identical']}/{v['checked']}" if v else "-",
+                f"{lg.get('error', 0)}/{lg.get('warning', 0)}",
             ]
         )
+    print()
     print(fmt_table(headers, rows))
     for r in runs:
-        if r["log"]["examples"] or r["log_tail"]:
+        lg = r.get("log") or {}
+        if lg.get("examples") or r.get("log_tail"):
             print(f"\nrun {r['run']} {r['program']}: log lines with error/warning:")
-            for line in r["log"]["examples"]:
+            for line in lg.get("examples", []):
                 print(f"    {line}")
-        if r["log_tail"]:
-            print("  last lines of its output:")
-            for line in r["log_tail"]:
-                print(f"    {line[:300]}")
-    if summary:
-        print()
-        headers = [
-            "program",
-            "median s",
-            "median MB/s",
-            "median files/s",
-            "max peak RSS MiB",
-            "median CPU s (at done)",
+            if r.get("log_tail"):
+                print("  last lines of its output:")
+                for line in r["log_tail"]:
+                    print(f"    {line[:300]}")
+    summary = result["summary"]
+    headers = [
+        "program",
+        "runs ok",
+        "MB/s median (min-max)",
+        "files/s",
+        "CPU s (until done)",
+        "CPU ms/file",
+        "CPU s/GB",
+        "peak RSS MiB",
+        "Kafka CPU s",
+        "S3 server CPU s",
+    ]
+    rows = [
+        [
+            s["label"],
+            f"{s['runs_ok']}/{s['runs']}",
+            _fmt(s["throughput_MBps"]),
+            _fmt(s["files_per_s"]),
+            _fmt(s["cpu_s"], 2),
+            s.get("cpu_ms_per_file", "-"),
+            s.get("cpu_s_per_GB", "-"),
+            _fmt(s["peak_rss_MiB"]),
+            _fmt(s["kafka_cpu_s"], 2),
+            _fmt(s["s3_cpu_s"], 2),
         ]
-        rows = [
-            [
-                p,
-                s["seconds_to_all_objects"],
-                s["throughput_MBps"],
-                s["files_per_s"],
-                s["peak_rss_MiB"],
-                s["cpu_s_at_done"],
-            ]
-            for p, s in summary.items()
-            if p in ALL_PROGRAMS
-        ]
-        print(fmt_table(headers, rows))
-    if "ratios" in summary:
+        for p, s in summary.items()
+        if p != "ratios"
+    ]
+    print()
+    print(fmt_table(headers, rows))
+    if summary.get("ratios"):
         print()
         for k, v in summary["ratios"].items():
             print(f"{k}: {v}")
+    if result["scale"] != 1.0:
+        print(f"\n(scale {result['scale']}: a quick check, not a measurement of the workload)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument(
-        "--scale", type=float, default=1.0, help="multiplies both file counts (default 1.0)"
-    )
-    ap.add_argument("--big_files", type=int, default=16)
-    ap.add_argument("--big_mib", type=int, default=32)
-    ap.add_argument("--small_files", type=int, default=200)
-    ap.add_argument("--small_min_kib", type=int, default=1)
-    ap.add_argument("--small_max_kib", type=int, default=64)
-    ap.add_argument("--partitions", type=int, default=3)
-    ap.add_argument("--n_threads", type=int, default=2, help="--n_threads of both processors")
-    ap.add_argument(
-        "--repeat", type=int, default=2, help="runs of each processor (order alternates)"
-    )
-    ap.add_argument("--only", choices=PROGRAMS, default=None)
-    ap.add_argument(
-        "--also_tuned",
-        action="store_true",
-        help=f"also run {TUNED}: ours with {TUNED_CONSUMER}, {' '.join(TUNED_ARGS)} and "
-        "16 messages per consume call (not in the ratios of ours vs theirs)",
-    )
-    ap.add_argument(
-        "--timeout", type=float, default=300.0, help="per run, until all objects are listed"
-    )
-    ap.add_argument("--stop_timeout", type=float, default=60.0, help="after 'quit' until SIGTERM")
-    ap.add_argument(
-        "--verify_big", type=int, default=3, help="big objects compared byte for byte per run"
-    )
-    ap.add_argument("--verify_small", type=int, default=10, help="small objects compared per run")
-    ap.add_argument("--verify_all", action="store_true", help="compare every object")
-    ap.add_argument("--seed", type=int, default=20261127)
-    ap.add_argument(
-        "--max_load",
-        type=float,
-        default=1.0,
-        help="wait for the 1-min load average to drop below this",
-    )
-    ap.add_argument(
-        "--max_load_wait", type=float, default=180.0, help="... for at most this many seconds"
-    )
-    ap.add_argument(
-        "--out", type=Path, default=None, help="JSON path (default benches/results/e2e-<date>.json)"
-    )
-    ap.add_argument("--no_save", action="store_true")
-    ap.add_argument(
-        "--no_snapshot",
-        action="store_true",
-        help="run the work tree's package directly instead of a copy taken at the start",
-    )
-    ap.add_argument("--keep_buckets", action="store_true")
-    ap.add_argument(
-        "--no_baselines",
-        action="store_true",
-        help="skip the raw Kafka read and raw S3 PUT rates of the same data set",
-    )
-    args = ap.parse_args(argv)
+# --------------------------------------------------------------------------- one workload
 
-    load_service_env()
-    work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX))
-    snapshot = snapshot_package(work) if not args.no_snapshot else {}
+
+def result_path(args: argparse.Namespace, workload: str) -> Path:
+    if args.out and len(args.workloads) == 1:
+        return Path(args.out)
+    base = RESULTS if args.scale == 1.0 else SCALED_RESULTS
+    name = f"e2e-{workload}" + (f"-scale{args.scale:g}" if args.scale != 1.0 else "")
+    if args.only:
+        name += "-only-" + "-".join(args.only)
+    name += f"-{today()}"
+    path = base / f"{name}.json"
+    n = 2
+    while path.exists():
+        path = base / f"{name}-{n}.json"
+        n += 1
+    return path
+
+
+def run_workload(
+    workload: str, args: argparse.Namespace, common: dict[str, Any]
+) -> tuple[dict[str, Any], Path | None]:
     from s3transfer_stream.kafka import create_topic, delete_topic
 
     bootstrap = os.environ["LOCAL_KAFKA_BROKER_BOOTSTRAP_SERVERS"]
-    programs = [args.only] if args.only else list(PROGRAMS)
-    if args.also_tuned and args.only != "theirs":
-        programs.append(TUNED)
-    if "theirs" in programs:
-        oms_python()
+    work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{workload}-", dir=common["work"]))
+    cfg = work / "bench.config"
+    cfg.write_text(OMS_CONFIG)
+    upload = upload_settings(cfg)
+    groups = scaled(WORKLOADS[workload], args.scale, upload["part_size"])
     root = work / "data"
-    topic = f"bench-e2e-{uuid.uuid4().hex[:8]}"
-    client = s3_client()
+    topic = f"bench-e2e-{workload}-{uuid.uuid4().hex[:8]}"
     started = now_iso()
     runs: list[dict[str, Any]] = []
     topic_made = False
     try:
-        cfg = work / "bench.config"
-        cfg.write_text(OMS_CONFIG)
-        log(f"making the data set in {root}")
-        files = make_dataset(root, args)
+        log(f"workload {workload}: making the data set in {root}")
+        files = make_dataset(root, groups, args.seed)
         total = sum(files.values())
         log(
             f"{len(files)} files, {total / MiB:.1f} MiB; topic {topic} ({args.partitions} partitions)"
         )
         create_topic(bootstrap, topic, args.partitions)
         topic_made = True
-        produce_s = produce(root, files, topic, args)
+        produce_s = produce(root, files, topic, args.partitions)
         log(f"produced in {produce_s:.1f} s ({total / 1e6 / produce_s:.1f} MB/s)")
-        load_start = wait_for_low_load(args.max_load, args.max_load_wait)
-        baselines: dict[str, Any] = {}
-        if not args.no_baselines:
-            baselines["kafka_one_plain_consumer"] = baseline_kafka(topic)
-            baselines["s3_put_8_threads"] = baseline_s3(client, root, files)
-            log(f"baselines: {baselines}")
+        ctx = Context(workload, topic, files, root, work, cfg, common["client"], upload, args)
+        programs = list(args.only or PROGRAMS)
+        if args.no_baselines:
+            programs = [p for p in programs if p not in CEILINGS]
+        if args.skip_theirs and "theirs" in programs:
+            programs.remove("theirs")
+        if args.also_tuned:
+            programs.append(TUNED)
+        theirs_runs = args.theirs_runs
+        if theirs_runs is None:
+            theirs_runs = 1 if workload == "large" else args.repeat
+        loads = []
         for run in range(args.repeat):
-            order = programs if run % 2 == 0 else programs[::-1]
-            for program in order:
-                runs.append(run_one(program, run, topic, files, root, work, cfg, client, args))
-        summary = summarize(runs)
-        print_report(runs, summary, total, len(files), baselines)
+            if args.max_load > 0:
+                loads.append(wait_for_low_load(args.max_load, args.max_load_wait))
+            else:
+                loads.append(load_now())
+            todo = [p for p in programs if p != "theirs" or run < theirs_runs]
+            for program in todo if run % 2 == 0 else todo[::-1]:
+                if program in CEILINGS:
+                    runs.append(run_ceiling(program, run, ctx))
+                else:
+                    runs.append(run_processor(program, run, ctx))
+        summary = summarize(runs, len(files), total)
         result = {
             "benchmark": "e2e",
+            "workload": workload,
+            "scale": args.scale,
             "started": started,
             "finished": now_iso(),
-            "command": "python "
-            + " ".join(["benches/e2e.py", *(argv if argv is not None else sys.argv[1:])]),
-            "machine": machine_info(),
-            "versions": package_versions(),
-            "measured_package": snapshot,
-            "load_at_start": load_start,
+            "command": common["command"],
+            "cwd": common["cwd"],
+            "machine": common["machine"],
+            "versions": common["versions"],
+            "measured_package": common["snapshot"],
+            "load_before_rounds": loads,
             "dataset": {
                 "files": len(files),
                 "bytes": total,
-                "big_files": sum(1 for r in files if r.startswith("big/")),
-                "big_file_bytes": args.big_mib * MiB,
-                "small_files": sum(1 for r in files if not r.startswith("big/")),
-                "chunk_size": 524288,
+                "groups": [asdict(g) for g in groups],
+                "chunk_size": CHUNK_SIZE,
                 "partitions": args.partitions,
                 "producer": "s3transfer_stream.producer.send_file (file-affine partitions)",
                 "produce_seconds": round(produce_s, 2),
             },
+            "upload_settings": upload,
+            "n_threads": args.n_threads,
+            "theirs_runs": theirs_runs if "theirs" in programs else 0,
             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "baselines": baselines,
             "runs": runs,
             "summary": summary,
         }
+        print_report(result)
+        path = None
         if not args.no_save:
-            suffix = f"-only-{args.only}" if args.only else ""
-            write_json(args.out or RESULTS / f"e2e-{today()}{suffix}.json", result)
+            path = result_path(args, workload)
+            write_json(path, result)
+        return result, path
     finally:
         if topic_made:
             try:
@@ -570,7 +765,150 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as err:
                 log(f"could not delete topic {topic}: {err}")
         shutil.rmtree(work, ignore_errors=True)
-    return 0 if runs and all(r["status"] == "ok" for r in runs) else 1
+
+
+def redraw_chart(results_dir: Path) -> None:
+    try:
+        import chart
+
+        png = chart.draw(results_dir)
+        if png:
+            log(f"chart written to {png.relative_to(REPO) if png.is_relative_to(REPO) else png}")
+    except Exception as err:  # a chart problem must not lose the measurements
+        log(f"could not draw the chart: {type(err).__name__}: {err}")
+
+
+def _list(value: str) -> list[str]:
+    return [v for v in value.split(",") if v]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--workload",
+        default="typical",
+        help=f"one of {', '.join(WORKLOADS)}, several comma-separated, or all (= {','.join(NAMED)}); default typical",
+    )
+    ap.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="shrink the workload for a quick check (file counts, or the sizes of groups of "
+        "fewer than 10 files); results then go to benches/results/scaled/",
+    )
+    ap.add_argument("--repeat", type=int, default=3, help="rounds per workload (default 3)")
+    ap.add_argument(
+        "--theirs_runs",
+        type=int,
+        default=None,
+        help="rounds with OpenMSIStream (default: 1 on large, --repeat otherwise)",
+    )
+    ap.add_argument("--skip_theirs", action="store_true", help="leave OpenMSIStream out")
+    ap.add_argument(
+        "--only",
+        type=_list,
+        default=None,
+        help=f"comma-separated subset of {','.join(PROGRAMS)}",
+    )
+    ap.add_argument(
+        "--no_baselines", action="store_true", help="leave out the ceilings (a) and (b)"
+    )
+    ap.add_argument(
+        "--also_tuned",
+        action="store_true",
+        help=f"also run {TUNED}: ours through benches/_ours_tuned.py with {TUNED_CONSUMER}, "
+        f"{' '.join(TUNED_ARGS)} and 16 messages per consume call (the defaults since "
+        "2026-11-27; kept to compare with the runs before)",
+    )
+    ap.add_argument("--partitions", type=int, default=3)
+    ap.add_argument("--n_threads", type=int, default=2, help="--n_threads of both processors")
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="per run, until all objects are listed (default: from the data size, longer "
+        "for OpenMSIStream)",
+    )
+    ap.add_argument("--stop_timeout", type=float, default=60.0, help="after 'quit' until SIGTERM")
+    ap.add_argument(
+        "--verify", type=int, default=3, help="objects of each file group read back per run"
+    )
+    ap.add_argument("--verify_all", action="store_true", help="read back every object")
+    ap.add_argument("--seed", type=int, default=20261127)
+    ap.add_argument(
+        "--max_load",
+        type=float,
+        default=1.0,
+        help="before each round, wait for the 1-min load average to drop below this "
+        "(0: do not wait)",
+    )
+    ap.add_argument(
+        "--max_load_wait", type=float, default=180.0, help="... for at most this many seconds"
+    )
+    ap.add_argument(
+        "--out", type=Path, default=None, help="JSON path (one workload only; default see above)"
+    )
+    ap.add_argument("--no_save", action="store_true", help="write no JSON (and no chart)")
+    ap.add_argument("--no_chart", action="store_true", help="do not redraw the chart")
+    ap.add_argument(
+        "--no_snapshot",
+        action="store_true",
+        help="run the installed package directly instead of a copy taken at the start",
+    )
+    ap.add_argument("--keep_buckets", action="store_true")
+    args = ap.parse_args(argv)
+    args.workloads = NAMED if args.workload == "all" else tuple(_list(args.workload))
+    unknown = [w for w in args.workloads if w not in WORKLOADS]
+    if unknown or not args.workloads:
+        ap.error(f"unknown workload(s) {unknown}: choose from {', '.join(WORKLOADS)} or all")
+    if args.only and not set(args.only) <= set(PROGRAMS):
+        ap.error(f"--only takes a subset of {','.join(PROGRAMS)}")
+    if args.scale <= 0:
+        ap.error("--scale must be > 0")
+
+    raw = argv if argv is not None else sys.argv[1:]
+    exe = (
+        os.path.relpath(sys.executable)
+        if Path(sys.executable).is_relative_to(REPO)
+        else sys.executable
+    )
+    script = os.path.relpath(Path(__file__).resolve())
+    command = shlex.join([exe, script, *raw])
+    log(f"command: {command}")
+
+    load_service_env()
+    work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX))
+    try:
+        snapshot = snapshot_package(work) if not args.no_snapshot else {}
+        if "theirs" in (args.only or PROGRAMS) and not args.skip_theirs:
+            oms_python()
+        common = {
+            "work": work,
+            "client": s3_client(),
+            "command": command,
+            "cwd": os.getcwd(),
+            "machine": machine_info(),
+            "versions": package_versions(),
+            "snapshot": snapshot,
+        }
+        ok = True
+        saved = []
+        for workload in args.workloads:
+            result, path = run_workload(workload, args, common)
+            ok = ok and bool(result["runs"]) and all(r["status"] == "ok" for r in result["runs"])
+            if path:
+                saved.append(path)
+                if not args.no_chart:
+                    redraw_chart(path.parent)
+        if len(args.workloads) > 1:
+            print(f"\ncommand: {command}")
+            for p in saved:
+                print(f"results: {p}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
