@@ -610,6 +610,7 @@ class DirectoryUploader:
         self._failed: set[str] = set()
         self._chunks_delivered = 0
         self._bytes_delivered = 0
+        self._delivery_errors = 0
         self._completed_at: dict[str, datetime] = {}
         self._work: Queue[tuple[str, Any, int] | None] = Queue()
         self._stopping = threading.Event()
@@ -752,6 +753,24 @@ class DirectoryUploader:
         status.registry_in_progress = len(self.registry.in_progress_rows())
         status.registry_completed = len(self.registry.completed_rows())
         return status
+
+    def counts(self) -> dict[str, int]:
+        """What the metrics report (cheap: no registry read)."""
+        with self._lock:
+            counts = {
+                "waiting": len(self._pending) + max(len(self._busy) - len(self._active), 0),
+                "in_progress": sum(1 for job in self._active.values() if not job.done),
+                "uploaded": len(self._uploaded),
+                "skipped": self._skipped,
+                "failed": len(self._failed),
+                "chunks_delivered": self._chunks_delivered,
+                "bytes_delivered": self._bytes_delivered,
+                "delivery_errors": self._delivery_errors,
+            }
+        threads = list(self._threads)
+        counts["threads"] = len(threads)
+        counts["threads_alive"] = sum(t.is_alive() for t in threads)
+        return counts
 
     def check(self) -> None:
         """Log the counts (the console's ``check`` command)."""
@@ -1049,6 +1068,8 @@ class DirectoryUploader:
             return
         with job.lock:
             attempts = job.attempts[chunk_i] = job.attempts.get(chunk_i, 0) + 1
+        with self._lock:
+            self._delivery_errors += 1
         text = describe_kafka_error(error)
         if self._stopping.is_set():
             return

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from ..config import TransferConfig, load_config
+from ..errors import ConfigError
+from ..health import HealthServer
 from ..kafka import DEFAULT_CHUNK_SIZE
 from ..logs import parse_level, setup_logging
 
@@ -29,6 +31,7 @@ __all__ = [
     "add_chunk_size_arg",
     "add_config_arg",
     "add_logger_args",
+    "add_metrics_args",
     "add_n_threads_arg",
     "add_topic_arg",
     "chunk_size",
@@ -39,6 +42,8 @@ __all__ = [
     "log_config_notes",
     "logs_dir_from",
     "non_negative_float",
+    "open_health_server",
+    "port_number",
     "positive_int",
     "regex",
     "setup_program_logging",
@@ -109,6 +114,16 @@ def non_negative_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"{text} is not a number >= 0")
+    return value
+
+
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (0-65535)")
     return value
 
 
@@ -233,7 +248,37 @@ def add_logger_args(parser: argparse.ArgumentParser, file_note: str) -> None:
     )
 
 
+def add_metrics_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics_port",
+        type=port_number,
+        default=None,
+        help="serve Prometheus metrics at http://<metrics_host>:<port>/metrics and health "
+        "checks at /healthz and /ready (200 or 503); 0 picks a free port (the log says which); "
+        "without it no server is started",
+    )
+    parser.add_argument(
+        "--metrics_host",
+        default="127.0.0.1",
+        help="address the metrics server listens on (0.0.0.0 or :: for every interface)",
+    )
+
+
 # --------------------------------------------------------------------------- start-up
+
+
+def open_health_server(args: argparse.Namespace) -> HealthServer | None:
+    """The bound (not yet serving) server of ``--metrics_port``, or None when not
+    asked for. Raises :class:`ConfigError` if the address cannot be bound."""
+    if args.metrics_port is None:
+        return None
+    try:
+        return HealthServer(args.metrics_host, args.metrics_port)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve metrics on {args.metrics_host}:{args.metrics_port}: "
+            f"{exc.strerror or exc}"
+        ) from None
 
 
 def logs_dir_from(logger_file_path: Path | None, default: Path | None) -> Path | None:

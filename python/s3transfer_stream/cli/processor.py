@@ -17,7 +17,9 @@ from confluent_kafka.admin import AdminClient
 from ..config import load_config
 from ..console import Console
 from ..errors import ConfigError, S3TransferStreamError, TransferError
+from ..health import BrokerProbe
 from ..kafka import partition_count
+from ..metrics import ProcessorMetrics, processor_health, processor_ready
 from ..processor import MiB, ProcessorOptions, S3TransferStreamProcessor, member_id
 from ..s3 import VALIDATE_CHOICES, ObjectStore, check_bucket, make_client
 from .common import (
@@ -26,8 +28,10 @@ from .common import (
     ArgumentParser,
     add_config_arg,
     add_logger_args,
+    add_metrics_args,
     fail,
     non_negative_float,
+    open_health_server,
     positive_int,
     regex,
     setup_program_logging,
@@ -170,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         "earlier run of this group left open are aborted whatever their age",
     )
     add_logger_args(p, "Default: <output_dir>/LOGS.")
+    add_metrics_args(p)
     for name in (
         "--heartbeat_topic_name",
         "--heartbeat_program_id",
@@ -267,6 +272,7 @@ def main(argv: list[str] | None = None, *, stdin: TextIO | None = None) -> int:
         check_bucket(client, options.bucket)
         admin = AdminClient(dict(config.broker))
         partition_count(admin, options.topic, bootstrap=config.broker.get("bootstrap.servers"))
+        server = open_health_server(args)
     except ConfigError as err:
         return fail(log, str(err), EXIT_USAGE)
     except (TransferError, S3TransferStreamError) as err:
@@ -278,10 +284,22 @@ def main(argv: list[str] | None = None, *, stdin: TextIO | None = None) -> int:
         group=options.group_id,
         member=member_id(),
     )
+    metrics = ProcessorMetrics() if server is not None else None
     try:
-        processor = S3TransferStreamProcessor(config, options, store)
+        processor = S3TransferStreamProcessor(config, options, store, metrics=metrics)
     except S3TransferStreamError as err:
+        if server is not None:
+            server.close()
         return fail(log, str(err), EXIT_FAILED)
+    if server is not None and metrics is not None:
+        broker = BrokerProbe(config.broker, options.topic)
+        metrics.watch(processor, broker)
+        server.start(
+            metrics.registry,
+            health=lambda: processor_health(processor),
+            ready=lambda: processor_ready(processor, broker),
+        )
+        log.info(f"Metrics at {server.url}/metrics, health checks at /healthz and /ready")
     console = Console(processor.on_check, alive_seconds=args.update_seconds, stdin=stdin)
     console.start()
     processor.start()
@@ -296,6 +314,8 @@ def main(argv: list[str] | None = None, *, stdin: TextIO | None = None) -> int:
     finally:
         processor.shutdown()
         console.restore_signals()
+        if server is not None:
+            server.close()
     code = EXIT_FAILED if processor._thread_errors else 0
     stuck = [t for t in threading.enumerate() if t.name.startswith(("s3-part", "s3-finish"))]
     if any(t.is_alive() for t in stuck):

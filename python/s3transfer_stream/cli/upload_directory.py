@@ -8,7 +8,9 @@ from collections.abc import Sequence
 
 from ..console import Console
 from ..errors import ConfigError
+from ..health import BrokerProbe, HealthServer
 from ..kafka import make_producer, partition_count
+from ..metrics import DirectoryUploaderMetrics, directory_uploader_health, producer_ready
 from ..producer import LOGS_SUBDIR, DirectoryUploader
 from ..registry import RegistryError
 from . import common
@@ -117,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_logger_args(
         parser, f"Without it the log file is upload_dir/{LOGS_SUBDIR}/{PROG}.log."
     )
+    common.add_metrics_args(parser)
     ignored = parser.add_argument_group(
         "accepted for compatibility with OpenMSIStream and ignored (a warning is logged)"
     )
@@ -143,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (kind is None and value) or (kind is not None and value is not None):
             log.warning(f"{option} is not supported by this program and is ignored")
     topic = common.topic_from(args)
+    server: HealthServer | None = None
     try:
         config = common.load_producer_config(args.config)
         common.log_config_notes(config, log)
@@ -152,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             queue_kbytes=args.queue_max_size * 1_000_000 // 1024,
         )
         n_partitions = partition_count(producer, topic)
+        server = common.open_health_server(args)
         uploader = DirectoryUploader(
             upload_dir,
             producer,
@@ -164,15 +169,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             use_polling_observer=args.use_polling_observer,
             n_threads=args.n_threads,
         )
-    except (ConfigError, RegistryError) as exc:
+    except (ConfigError, RegistryError, OSError) as exc:
+        if server is not None:
+            server.close()
+        if isinstance(exc, OSError):
+            return common.fail(log, f"cannot use {upload_dir}: {exc}", common.EXIT_USAGE)
         return common.fail(log, str(exc), common.EXIT_USAGE)
-    except OSError as exc:
-        return common.fail(log, f"cannot use {upload_dir}: {exc}", common.EXIT_USAGE)
     log.info(
         f"Will upload {'files in' if args.upload_existing else 'new files added to'} "
         f"{upload_dir} to the {topic} topic ({n_partitions} partition(s)) as "
         f"{args.chunk_size}-byte chunks using {args.n_threads} thread(s)"
     )
+    if server is not None:
+        metrics = DirectoryUploaderMetrics(uploader, topic)
+        broker = BrokerProbe(config.broker, topic)
+        server.start(
+            metrics.registry,
+            health=lambda: directory_uploader_health(uploader),
+            ready=lambda: producer_ready(broker, lambda: directory_uploader_health(uploader)),
+        )
+        log.info(f"Metrics at {server.url}/metrics, health checks at /healthz and /ready")
     console = Console(uploader.check, alive_seconds=args.update_seconds)
     console.start()
     try:
@@ -185,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         status = uploader.stop()
         console.restore_signals()
+        if server is not None:
+            server.close()
     return common.EXIT_FAILED if status.failed else common.EXIT_OK
 
 

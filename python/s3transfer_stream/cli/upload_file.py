@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
+from .. import _core
 from ..errors import ConfigError, TransferError
+from ..health import BrokerProbe, Check
 from ..kafka import make_producer, partition_count
+from ..metrics import ProducerMetrics, producer_ready
 from ..producer import send_file
 from . import common
 
@@ -39,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser, "number of threads reading, hashing and producing chunks of the file"
     )
     common.add_logger_args(parser, "Without it there is no log file.")
+    common.add_metrics_args(parser)
     return parser
 
 
@@ -59,9 +64,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         common.log_config_notes(config, log)
         producer = make_producer(config.producer, chunk_size=args.chunk_size)
         n_partitions = partition_count(producer, topic)
+        server = common.open_health_server(args)
     except ConfigError as exc:
         return common.fail(log, str(exc), common.EXIT_USAGE)
     path = args.filepath
+    chunker: Any = None
+    on_delivery: Callable[[int, Any], None] | None = None
+    metrics: ProducerMetrics | None = None
+    if server is not None:
+        try:
+            chunker = _core.FileChunker(path, args.chunk_size)
+        except OSError as exc:
+            server.close()
+            return common.fail(
+                log, f"cannot read {path}: {exc.strerror or exc}", common.EXIT_FAILED
+            )
+        metrics = ProducerMetrics(topic)
+        on_delivery = metrics.delivery_hook(chunker.size, chunker.n_chunks, args.chunk_size)
+        broker = BrokerProbe(config.broker, topic)
+        server.start(
+            metrics.registry,
+            health=lambda: [Check("program", True, f"sending {path.name}")],
+            ready=lambda: producer_ready(broker),
+        )
+        log.info(f"Metrics at {server.url}/metrics, health checks at /healthz and /ready")
     log.info(
         f"Sending {path} to the {topic} topic as {args.chunk_size}-byte chunks using "
         f"{args.n_threads} thread(s)"
@@ -76,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             n_partitions=n_partitions,
             n_threads=args.n_threads,
             wait=True,
+            on_delivery=on_delivery,
+            chunker=chunker,
         )
     except TransferError as exc:
         producer.flush(10)
@@ -84,6 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("interrupted: the file was not sent completely")
         producer.flush(5)
         return 130
+    finally:
+        if server is not None:
+            server.close()
     if not result.complete:
         errors = "; ".join(result.errors) or "no delivery report"
         return common.fail(

@@ -22,6 +22,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from .. import failpoints
+from ..metrics import NO_METRICS, ProcessorHooks
 from .ledger import Ledger
 from .options import ProcessorOptions, Stats
 from .uploads import Uploader
@@ -84,6 +85,7 @@ class ConsumerLoop:
         log: logging.Logger,
         stop: threading.Event,
         consumer_factory: Callable[[dict[str, Any]], Any] = Consumer,
+        metrics: ProcessorHooks = NO_METRICS,
     ) -> None:
         self.index = index
         self.o = options
@@ -95,6 +97,7 @@ class ConsumerLoop:
         self.log = log
         self.stop = stop
         self.consumer_factory = consumer_factory
+        self.metrics = metrics
         self.owned: set[int] = set()
         #: Per partition: last (offset, metadata) the broker confirmed, and the one in flight.
         self.acked: dict[int, tuple[int, str]] = {}
@@ -154,6 +157,7 @@ class ConsumerLoop:
             messages_processed=n_stored,
             messages_rejected=sum(1 for e in events if e.kind == "rejected"),
         )
+        self.metrics.consumed(msgs)
         if self.log.isEnabledFor(logging.DEBUG):
             spans: dict[int, tuple[int, int, int]] = {}
             for m in msgs:

@@ -23,6 +23,7 @@ from ..config import TransferConfig
 from ..errors import TransferError
 from ..journal import TransferJournal
 from ..logs import get_logger
+from ..metrics import NO_METRICS, ProcessorMetrics
 from ..registry import PRIVATE_PREFIX, StreamRegistry, private_name_token
 from ..s3 import ObjectStore
 from ..stale_uploads import OpenUploads
@@ -43,6 +44,7 @@ class S3TransferStreamProcessor:
         store: ObjectStore,
         *,
         consumer_factory: Callable[[dict[str, Any]], Any] = Consumer,
+        metrics: ProcessorMetrics | None = None,
     ) -> None:
         self.config = config
         self.options = options
@@ -60,6 +62,8 @@ class S3TransferStreamProcessor:
             log=self.log,
         )
         self.stop = threading.Event()
+        #: Prometheus metrics (``--metrics_port``); None: off.
+        self.metrics = metrics
         self.uploader = Uploader(
             options=options,
             store=store,
@@ -69,6 +73,7 @@ class S3TransferStreamProcessor:
             stats=self.stats,
             log=self.log,
             open_uploads=self.open_uploads,
+            metrics=metrics or NO_METRICS,
         )
         self.loops: list[ConsumerLoop] = []
         self.monitor = StallMonitor(
@@ -117,6 +122,7 @@ class S3TransferStreamProcessor:
                 log=self.log,
                 stop=self.stop,
                 consumer_factory=self.consumer_factory,
+                metrics=self.metrics or NO_METRICS,
             )
             self.loops.append(loop)
             t = threading.Thread(target=self._run_guarded, args=(loop,), name=f"consumer-{i}")

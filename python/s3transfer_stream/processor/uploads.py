@@ -29,6 +29,7 @@ from botocore.exceptions import ClientError
 
 from .. import _core, failpoints
 from ..journal import JournalEntry, TransferJournal
+from ..metrics import NO_METRICS, ProcessorHooks
 from ..registry import ABANDONED, FAILED, MISMATCHED_HASH, StreamRegistry
 from ..s3 import (
     Condition,
@@ -128,6 +129,9 @@ class FileUpload:
     #: One of its partitions left this process while it was owned: another member
     #: may write the key meanwhile, so the final write is conditional.
     moved: bool = False
+    #: time.monotonic() of its first and its last chunk (for the latency metrics).
+    started: float = field(default_factory=time.monotonic)
+    completed: float = 0.0
 
 
 class Uploader:
@@ -142,6 +146,7 @@ class Uploader:
         stats: Stats,
         log: logging.Logger,
         open_uploads: OpenUploads | None = None,
+        metrics: ProcessorHooks = NO_METRICS,
     ) -> None:
         self.o = options
         self.store = store
@@ -151,6 +156,7 @@ class Uploader:
         self.stats = stats
         self.log = log
         self.open_uploads = open_uploads
+        self.metrics = metrics
         self.health = S3Health(log)
         self.health.waiting = self.n_waiting
         self.stopping = threading.Event()
@@ -259,6 +265,7 @@ class Uploader:
         info = ev.file
         fu = self._get(info)
         fu.offsets = ev.offsets
+        fu.completed = time.monotonic()
         if fu.ignored:
             self._pop(info.instance)
             self.ledger.settle(info.instance)
@@ -292,6 +299,7 @@ class Uploader:
             "nothing was stored"
         )
         # Reading the same bad bytes again cannot help: record, then commit past.
+        self.metrics.file_failed("hash_mismatch" if ev.hash_mismatch else "bad_chunk")
         self._give_up(fu, status, ev.reason)
 
     def _on_superseded(self, ev: _core.FileSuperseded) -> None:
@@ -315,6 +323,7 @@ class Uploader:
             try:
                 result = call()
             except Exception as err:
+                self.metrics.s3_error(err)
                 if not is_transient(err):
                     raise
                 self.health.failed(what, err)
@@ -573,6 +582,7 @@ class Uploader:
         self._pop(info.instance)
         self.ledger.settle(info.instance)
         self.stats.transferred(TransferResult(info.rel_output_path, fu.key, size, parts, v.text))
+        self.metrics.file_transferred(fu.started, fu.completed)
         how = f"{parts} parts" if parts else "single PUT"
         self.log.info(
             f"Transferred {info.rel_output_path} -> s3://{self.o.bucket}/{fu.key} ({size} bytes, {how}); validated: {v.text}"
@@ -598,6 +608,7 @@ class Uploader:
             f"Failed to transfer {info.rel_output_path} to s3://{self.o.bucket}/{fu.key}: {reason}; "
             "recorded as failed and committed past (send the file again to retry it)"
         )
+        self.metrics.file_failed("validation" if reason.startswith("validation") else "s3_refused")
         self._give_up(fu, FAILED, reason)
 
     def _journal_not_transferred(self, fu: FileUpload, outcome: str, reason: str) -> None:
