@@ -262,22 +262,31 @@ impl Slot {
         need.max((cap * 2).max(MIN_GROWTH).min(part_len)) - cap
     }
 
-    fn append(&mut self, data: &[u8], part_len: u64) {
-        let grow = self.growth(data.len(), part_len);
-        if grow > 0 {
-            // Geometric growth within the part, so in-order chunks cost few copies.
-            self.buf.reserve_exact((self.buf.capacity() as u64 + grow) as usize - self.buf.len());
-            self.charge(grow);
+    /// Bytes of the pending pieces that a write of `len` bytes at `local` would
+    /// join onto the contiguous prefix.
+    fn joined(&self, local: usize, len: usize) -> usize {
+        let (mut end, mut total) = (local + len, 0);
+        while let Some(piece) = self.pending.get(&end) {
+            total += piece.len();
+            end += piece.len();
         }
-        self.buf.extend_from_slice(data);
+        total
     }
 
     /// Stores `data` at `local`; the caller has checked it overlaps nothing.
     fn write(&mut self, local: usize, data: &[u8], part_len: u64) {
         if local == self.buf.len() {
-            self.append(data, part_len);
+            // One reservation for the chunk and the pieces it joins, charged
+            // before any piece is refunded: what `cost` said it would take.
+            let grow = self.growth(data.len() + self.joined(local, data.len()), part_len);
+            if grow > 0 {
+                // Geometric growth within the part, so in-order chunks cost few copies.
+                self.buf.reserve_exact((self.buf.capacity() as u64 + grow) as usize - self.buf.len());
+                self.charge(grow);
+            }
+            self.buf.extend_from_slice(data);
             while let Some(piece) = self.pending.remove(&self.buf.len()) {
-                self.append(&piece, part_len);
+                self.buf.extend_from_slice(&piece);
                 self.refund(piece.len() as u64 + PIECE_OVERHEAD);
             }
         } else {
@@ -287,10 +296,11 @@ impl Slot {
         self.filled += data.len() as u64;
     }
 
-    /// What storing `data` at `local` would add to the budget.
+    /// What storing `data` at `local` would add to the budget (at its peak:
+    /// pieces joined onto the prefix are refunded only once they are copied).
     fn cost(&self, local: usize, len: usize, part_len: u64) -> u64 {
         if local == self.buf.len() {
-            self.growth(len, part_len)
+            self.growth(len + self.joined(local, len), part_len)
         } else {
             len as u64 + PIECE_OVERHEAD
         }
@@ -1994,6 +2004,27 @@ mod tests {
                 _ => None,
             });
             assert!(asm.settle(instance.unwrap()));
+        }
+    }
+
+    #[test]
+    fn an_out_of_order_chunk_that_joins_a_waiting_piece_stays_within_the_memory_limit() {
+        // Found by the fuzz harness (fuzz/findings/assembler): chunk 7 opens the
+        // second part with a 64 KiB buffer, chunk 11 waits ahead in it, and
+        // chunks 8..10 close the gap; the one that joins chunk 11 used to be
+        // charged only its own growth, and the join grew the buffer again.
+        let (part, limit) = ((64 << 10) + 40_000, 96_000);
+        let asm = Assembler::with_limits(part, limit);
+        let content: Vec<u8> = (0..180_000u32).map(|i| (i % 251) as u8).collect();
+        let msgs = chunks_of("a.dat", "", &content, 16_096, 1.0);
+        let mut events = Vec::new();
+        for (offset, k) in [6usize, 10, 7, 8, 9].into_iter().enumerate() {
+            let before = asm.budget().used();
+            let d = asm.add(Position { partition: 0, offset: offset as i64 }, &msgs[k].bytes, &mut events);
+            let after = asm.budget().used();
+            if d == Disposition::Stored {
+                assert!(after <= limit, "chunk {}: memory {before} -> {after}, limit {limit}", k + 1);
+            }
         }
     }
 }

@@ -253,22 +253,6 @@ const PIECE_OVERHEAD: u64 = 64;
 /// The first step of a part buffer's growth (the assembler's `MIN_GROWTH`).
 const MIN_GROWTH: u64 = 64 << 10;
 
-/// How far an out-of-order chunk may take memory over the limit. Finding 1 of
-/// docs/reliability.md: a chunk that joins a waiting piece may grow its part
-/// buffer from the first 64 KiB step up to the part's length without the budget
-/// check seeing it. `S3TS_FUZZ_STRICT_MEMORY=1` checks without this slack (it
-/// must be removed once the assembler is fixed); parts up to 64 KiB have none.
-fn memory_slack(part_size: u64) -> u64 {
-    thread_local! {
-        static STRICT: bool = std::env::var_os("S3TS_FUZZ_STRICT_MEMORY").is_some_and(|v| v == "1");
-    }
-    if STRICT.with(|s| *s) {
-        0
-    } else {
-        part_size.saturating_sub(MIN_GROWTH)
-    }
-}
-
 struct Config {
     part_size: u64,
     limit: u64,
@@ -366,7 +350,6 @@ struct Harness<'f> {
     stats: Stats,
     asm: Assembler,
     limit: u64,
-    slack: u64,
     contents: HashMap<[u8; 64], &'f [u8]>,
     instances: HashMap<u64, Instance>,
     /// Receiving instance by (rel_path, file hash): the assembler's own lookup key.
@@ -452,14 +435,9 @@ impl Harness<'_> {
                     .as_ref()
                     .unwrap_or_else(|| panic!("stored a message that does not decode: {}", ctx()));
                 // Out-of-order bytes wait while memory is short; only bytes that
-                // extend a file's contiguous prefix may go over the limit. The slack
-                // is finding 1 (docs/reliability.md), known and bounded.
+                // extend a file's contiguous prefix may go over the limit.
                 if !in_order {
-                    assert!(
-                        after <= self.limit + self.slack,
-                        "out-of-order chunk took memory over the limit: {}",
-                        ctx()
-                    );
+                    assert!(after <= self.limit, "out-of-order chunk took memory over the limit: {}", ctx());
                 }
                 let key = key.as_ref().unwrap_or_else(|| unreachable!());
                 let id = self.receiving.get(key).copied();
@@ -682,7 +660,6 @@ pub fn assembler_stats(data: &[u8]) -> Stats {
         stats: Stats::default(),
         asm: Assembler::with_limits(cfg.part_size, cfg.limit),
         limit: cfg.limit,
-        slack: memory_slack(cfg.part_size),
         contents: cfg.files.iter().map(|f| (f.hash, f.content.as_slice())).collect(),
         instances: HashMap::new(),
         receiving: HashMap::new(),
