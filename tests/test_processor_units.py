@@ -366,3 +366,31 @@ def test_a_thread_that_hears_late_it_lost_a_partition_cannot_commit_past_a_sprea
     wait_until(lambda: "t/spread.bin" in store.objects)
     assert store.objects["t/spread.bin"] == data
     wait_until(lambda: ledger.commit_offsets([1], reader=1) == [(1, 23, "")])
+
+
+def test_a_multipart_upload_started_for_a_file_dropped_meanwhile_is_aborted(parts: Any) -> None:
+    """Fault matrix seed 101: a revocation dropped a file while its part worker was
+    still starting the multipart upload (S3 answering 503); the upload was created
+    afterwards, and nobody completed or aborted it."""
+    store, ledger, up, _ = parts
+    gate = threading.Event()
+    aborted: list[tuple[str, str]] = []
+
+    def start_multipart(key: str, **_: Any) -> str:
+        gate.wait(10)
+        return "U1"
+
+    store.start_multipart = start_multipart
+    store.upload_part = lambda *a, **k: {"ETag": "e", "PartNumber": 1}
+    store.abort_multipart = lambda key, upload_id: aborted.append((key, upload_id))
+    data = bytes(range(256)) * (32 << 10)  # 8 MiB: one full 5 MiB part, then the rest
+    msgs = chunks("big.bin", data, 1 << 20)
+    ledger.assigned(0, 0, None)
+    events, _, _ = ledger.feed([(0, i, m) for i, m in enumerate(msgs[:6])])
+    assert [e.kind for e in events] == ["started", "part"]
+    up.handle(events)
+    time.sleep(0.1)  # the part worker waits in start_multipart
+    up.revoked(ledger.revoked([0]), {0})
+    gate.set()
+    wait_until(lambda: aborted == [("t/big.bin", "U1")])
+    assert ledger.pinned_offsets() == {}

@@ -129,6 +129,9 @@ class FileUpload:
     #: One of its partitions left this process while it was owned: another member
     #: may write the key meanwhile, so the final write is conditional.
     moved: bool = False
+    #: Dropped by a revocation while still being received: it will not be completed
+    #: here, so a multipart upload its part worker is still starting is aborted.
+    dropped: bool = False
     #: time.monotonic() of its first and its last chunk (for the latency metrics).
     started: float = field(default_factory=time.monotonic)
     completed: float = 0.0
@@ -339,7 +342,7 @@ class Uploader:
     ) -> dict[str, Any] | None:
         try:
             with fu.lock:
-                if fu.upload_id is None and fu.error is None:
+                if fu.upload_id is None and fu.error is None and not fu.dropped:
                     try:
                         fu.upload_started = datetime.now(UTC)
                         fu.upload_id = self._retry(
@@ -354,7 +357,13 @@ class Uploader:
                         fu.error = (
                             f"starting the multipart upload failed: {describe_client_error(err)}"  # type: ignore[arg-type]
                         )
-                if fu.error or fu.upload_id is None:
+                    if fu.upload_id is not None and (fu.dropped or self.stopping.is_set()):
+                        # Dropped or stopping while the upload was being started (S3
+                        # slow or down): nobody will complete it, and the abort of a
+                        # revocation or of stop() may have run before it existed.
+                        self._abort_quietly(fu)
+                        return None
+                if fu.error or fu.upload_id is None or fu.dropped:
                     return None
                 upload_id = fu.upload_id
             result = self._retry(
@@ -538,6 +547,18 @@ class Uploader:
         if self.open_uploads is not None:
             self.open_uploads.ended(fu.upload_id)
 
+    def _abort_quietly(self, fu: FileUpload) -> None:
+        """Aborts and only logs a failure (the next start's sweep cleans what is left)."""
+        try:
+            self._abort(fu)
+        except Exception as err:
+            if error_code(err) == "NoSuchUpload":  # aborted by the other side of a race
+                return
+            self.log.warning(
+                f"Could not abort the multipart upload {fu.upload_id} of {fu.key}: "
+                f"{describe_client_error(err)}; the next start cleans it up"  # type: ignore[arg-type]
+            )
+
     def _validated(self, fu: FileUpload, size: int, sent: dict[str, str], parts: int) -> None:
         info = fu.info
         failpoints.hit("uploaded")
@@ -666,8 +687,11 @@ class Uploader:
                 up.moved = True
         for info in dropped:
             fu = self._pop(info.instance)
-            if fu is not None and fu.upload_id:
-                self._finish_pool.submit(self._abort, fu)
+            if fu is None:
+                continue
+            fu.dropped = True
+            if fu.upload_id:
+                self._finish_pool.submit(self._abort_quietly, fu)
 
     # -- shutdown ---------------------------------------------------------------------
 
