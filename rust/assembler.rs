@@ -35,8 +35,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use crate::checksum::{crc64nvme, Running};
+use crate::error::{Error, Result};
 use crate::intervals::IntervalSet;
-use crate::wire::{self, Chunk, WireError};
+use crate::wire::{self, Chunk};
 
 /// A sealed part (or whole small file). Shared with whoever uploads it.
 pub type Buffer = Arc<Vec<u8>>;
@@ -138,14 +139,16 @@ pub enum Event {
         offsets: OffsetRuns,
     },
     /// The file cannot be completed from these chunks (hash mismatch, corrupted
-    /// or contradictory chunks). Nothing of it may become visible. The instance
-    /// is owned until it is settled (after its failure is recorded).
-    Failed { file: FileInfo, reason: String, hash_mismatch: bool, offsets: OffsetRuns },
+    /// or contradictory chunks: `error`, one for which [`Error::is_file_failure`]
+    /// holds, found on the message at `position`). Nothing of it may become
+    /// visible. The instance is owned until it is settled (after its failure is recorded).
+    Failed { file: FileInfo, error: Error, position: Position, offsets: OffsetRuns },
     /// A newer generation of the path completed: this unfinished one is not
     /// needed any more (its offsets are released with the newer one).
     Superseded { file: FileInfo, by: FileInfo },
-    /// The message is not a usable chunk; no file state was touched.
-    Rejected { position: Position, error: WireError },
+    /// The message is not a usable chunk (`error` is one for which
+    /// [`Error::is_bad_message`] holds); no file state was touched.
+    Rejected { position: Position, error: Error },
 }
 
 /// What became of one message.
@@ -232,13 +235,8 @@ impl Slot {
     }
 
     fn seal(&mut self) -> Buffer {
-        if self.sealed.is_none() {
-            self.sealed = Some(Arc::new(std::mem::take(&mut self.buf)));
-        }
-        match &self.sealed {
-            Some(b) => Arc::clone(b),
-            None => unreachable!("sealed just above"),
-        }
+        let buf = &mut self.buf;
+        Arc::clone(self.sealed.get_or_insert_with(|| Arc::new(std::mem::take(buf))))
     }
 
     fn charge(&mut self, n: u64) {
@@ -431,11 +429,22 @@ pub struct Assembler {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a lock is a bug we cannot recover from cleanly, but
     // poisoning every later call would turn one bad file into a dead process.
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A Kafka offset as the offset sets store it. Only offsets of read messages
+/// (never negative) are stored; a negative one (librdkafka's "no offset") is 0.
+fn stored(offset: i64) -> u64 {
+    u64::try_from(offset).unwrap_or(0)
+}
+
+/// A stored offset as a Kafka offset again (every one came from an `i64`).
+fn kafka(offset: u64) -> i64 {
+    i64::try_from(offset).unwrap_or(i64::MAX)
 }
 
 fn runs_of(offsets: &BTreeMap<i32, IntervalSet>) -> OffsetRuns {
-    offsets.iter().map(|(p, set)| (*p, set.ranges().map(|(a, b)| (a as i64, b as i64)).collect())).collect()
+    offsets.iter().map(|(p, set)| (*p, set.ranges().map(|(a, b)| (kafka(a), kafka(b))).collect())).collect()
 }
 
 fn merge_offsets(into: &mut BTreeMap<i32, IntervalSet>, from: &BTreeMap<i32, IntervalSet>) {
@@ -450,16 +459,12 @@ fn merge_offsets(into: &mut BTreeMap<i32, IntervalSet>, from: &BTreeMap<i32, Int
 impl Assembler {
     /// `part_size` is the multipart part size (at least 5 MiB, S3's minimum);
     /// `max_buffered` bounds the bytes held for reassembly by all unfinished files.
-    pub fn new(part_size: u64, max_buffered: u64) -> Result<Self, String> {
+    pub fn new(part_size: u64, max_buffered: u64) -> Result<Self> {
         if part_size < MIN_PART_SIZE {
-            return Err(format!(
-                "part size {part_size} is below S3's minimum part size of {MIN_PART_SIZE} bytes"
-            ));
+            return Err(Error::PartSizeTooSmall { part_size });
         }
-        if max_buffered < 2 * part_size {
-            return Err(format!(
-                "the reassembly memory limit ({max_buffered} bytes) must hold at least two parts of {part_size} bytes"
-            ));
+        if max_buffered / 2 < part_size {
+            return Err(Error::MemoryLimitTooSmall { max_buffered, part_size });
         }
         Ok(Self::build(part_size, max_buffered))
     }
@@ -532,12 +537,7 @@ impl Assembler {
                 None => {
                     out.push(Event::Rejected {
                         position: *pos,
-                        error: WireError {
-                            kind: wire::ErrorKind::Malformed,
-                            field: "message",
-                            filename: None,
-                            detail: "has no value".to_owned(),
-                        },
+                        error: Error::malformed("message", None, "has no value"),
                     });
                     Disposition::Rejected
                 }
@@ -578,16 +578,16 @@ impl Assembler {
     pub fn add(&self, pos: Position, message: &[u8], out: &mut Vec<Event>) -> Disposition {
         if pos.offset >= 0 {
             let ps = lock(&self.partitions);
-            if ps.get(&pos.partition).is_some_and(|s| s.done.contains(pos.offset as u64)) {
+            if ps.get(&pos.partition).is_some_and(|s| s.done.contains(stored(pos.offset))) {
                 return Disposition::Duplicate;
             }
         }
         let chunk = match wire::decode(message) {
             Ok(c) => c,
             Err(error) => {
-                if error.kind == wire::ErrorKind::ChunkHash {
+                if matches!(error, Error::ChunkHash { .. }) {
                     if let Ok(chunk) = wire::decode_unverified(message) {
-                        self.corrupted(pos, &chunk, &error, out);
+                        self.corrupted(pos, &chunk, error, out);
                         return Disposition::Rejected;
                     }
                 }
@@ -601,18 +601,17 @@ impl Assembler {
     /// A chunk whose data fails its hash. If its file is being received and does
     /// not hold that chunk yet, the file can never complete correctly from this
     /// log position: it fails. A file that already holds the chunk is untouched.
-    fn corrupted(&self, pos: Position, chunk: &Chunk<'_>, error: &WireError, out: &mut Vec<Event>) {
-        let reject = |out: &mut Vec<Event>| out.push(Event::Rejected { position: pos, error: error.clone() });
+    fn corrupted(&self, pos: Position, chunk: &Chunk<'_>, error: Error, out: &mut Vec<Event>) {
         let mut sink = Vec::new();
         let Ok((file, created)) = self.lookup(&chunk.rel_path(), pos, chunk, &mut sink) else {
-            return reject(out);
+            return out.push(Event::Rejected { position: pos, error });
         };
         let mut fa = lock(&file);
         if fa.retired
             || compare_chunk(&fa.info, chunk) != Generation::Same
             || fa.chunks.contains(chunk.chunk_i)
         {
-            return reject(out);
+            return out.push(Event::Rejected { position: pos, error });
         }
         let _ = fa.chunks.insert(chunk.chunk_i, chunk.chunk_i + 1);
         fa.record(pos);
@@ -620,9 +619,12 @@ impl Assembler {
             out.push(Event::Started(fa.info.clone()));
         }
         drop(fa);
-        let reason =
-            format!("chunk {}/{} is corrupted ({})", chunk.chunk_i, chunk.n_total_chunks, error.detail);
-        self.fail(&file, reason, false, out);
+        let error = Error::CorruptChunk {
+            chunk_i: chunk.chunk_i,
+            n_total_chunks: chunk.n_total_chunks,
+            len: chunk.data.len(),
+        };
+        self.fail(&file, error, pos, out);
     }
 
     pub fn add_chunk(&self, pos: Position, chunk: &Chunk<'_>, out: &mut Vec<Event>) -> Disposition {
@@ -641,23 +643,23 @@ impl Assembler {
                 return Disposition::Duplicate;
             }
             if fa.info.n_chunks != chunk.n_total_chunks {
-                let reason = format!(
-                    "chunk {} says the file has {} chunks, earlier chunks with the same file hash said {}",
-                    chunk.chunk_i, chunk.n_total_chunks, fa.info.n_chunks
-                );
+                let error = Error::ChunkCount {
+                    chunk_i: chunk.chunk_i,
+                    n_total_chunks: chunk.n_total_chunks,
+                    expected: fa.info.n_chunks,
+                };
                 drop(fa);
-                self.fail(&file, reason, false, out);
+                self.fail(&file, error, pos, out);
                 return Disposition::Rejected;
             }
             if chunk.filename_append != output_append(&fa.info) {
-                let reason = format!(
-                    "chunk {} names the output file {:?}, earlier chunks named {:?}",
-                    chunk.chunk_i,
-                    chunk.rel_output_path(),
-                    fa.info.rel_output_path
-                );
+                let error = Error::OutputName {
+                    chunk_i: chunk.chunk_i,
+                    output: chunk.rel_output_path(),
+                    expected: fa.info.rel_output_path.clone(),
+                };
                 drop(fa);
-                self.fail(&file, reason, false, out);
+                self.fail(&file, error, pos, out);
                 return Disposition::Rejected;
             }
             let mark = out.len();
@@ -683,9 +685,9 @@ impl Assembler {
                     let _ = self.retire(&file, succeeded, out);
                     Disposition::Stored
                 }
-                Err(reason) => {
+                Err(error) => {
                     drop(fa);
-                    self.fail(&file, reason, false, out);
+                    self.fail(&file, error, pos, out);
                     Disposition::Rejected
                 }
             };
@@ -711,7 +713,7 @@ impl Assembler {
         }
         // A redelivery of a message of a file that is being uploaded or recorded.
         if pos.offset >= 0 {
-            let o = pos.offset as u64;
+            let o = stored(pos.offset);
             if t.owned.values().any(|w| {
                 w.info.rel_path == rel_path && w.offsets.get(&pos.partition).is_some_and(|s| s.contains(o))
             }) {
@@ -736,15 +738,14 @@ impl Assembler {
                 Generation::Contradiction => {
                     out.push(Event::Rejected {
                         position: pos,
-                        error: WireError {
-                            kind: wire::ErrorKind::Malformed,
-                            field: "n_total_chunks",
-                            filename: Some(chunk.filename.to_owned()),
-                            detail: format!(
+                        error: Error::malformed(
+                            "n_total_chunks",
+                            Some(chunk.filename),
+                            format!(
                                 "{} contradicts the {} chunks of the already finished file with the same hash",
                                 chunk.n_total_chunks, done.info.n_chunks
                             ),
-                        },
+                        ),
                     });
                     return Err(Disposition::Rejected);
                 }
@@ -857,17 +858,11 @@ impl Assembler {
         Some(runs)
     }
 
-    fn fail(
-        &self,
-        file: &Arc<Mutex<FileAssembly>>,
-        reason: String,
-        hash_mismatch: bool,
-        out: &mut Vec<Event>,
-    ) {
+    fn fail(&self, file: &Arc<Mutex<FileAssembly>>, error: Error, position: Position, out: &mut Vec<Event>) {
         let info = lock(file).info.clone();
         let mark = out.len();
         if let Some(offsets) = self.retire(file, false, out) {
-            out.insert(mark, Event::Failed { file: info, reason, hash_mismatch, offsets });
+            out.insert(mark, Event::Failed { file: info, error, position, offsets });
         }
     }
 
@@ -908,7 +903,7 @@ impl Assembler {
         let done = &mut ps.entry(partition).or_default().done;
         for &(a, b) in ranges {
             if a >= 0 && b > a {
-                done.union(a as u64, b as u64);
+                done.union(stored(a), stored(b));
             }
         }
     }
@@ -918,7 +913,7 @@ impl Assembler {
         if offset < 0 {
             return None;
         }
-        lock(&self.partitions).get(&partition)?.done.end_of_run(offset as u64).map(|e| e as i64)
+        lock(&self.partitions).get(&partition)?.done.end_of_run(stored(offset)).map(kafka)
     }
 
     /// The partition was assigned to a reader that starts at `committed` (the
@@ -934,7 +929,7 @@ impl Assembler {
             st.next = None;
             return committed;
         }
-        let start = st.done.end_of_run(committed as u64).map_or(committed, |e| e as i64);
+        let start = st.done.end_of_run(stored(committed)).map_or(committed, kafka);
         st.next = Some(start);
         start
     }
@@ -945,7 +940,7 @@ impl Assembler {
         let mut ps = lock(&self.partitions);
         let st = ps.get_mut(&partition).filter(|st| st.is_read_by(reader))?;
         let next = st.next?;
-        let end = st.done.end_of_run(next.max(0) as u64)? as i64;
+        let end = kafka(st.done.end_of_run(stored(next))?);
         st.next = Some(end);
         Some(end)
     }
@@ -1012,14 +1007,14 @@ impl Assembler {
             }
             for (p, set) in &fa.offsets {
                 if let Some(m) = set.min_start() {
-                    note(*p, m as i64);
+                    note(*p, kafka(m));
                 }
             }
         }
         for w in t.owned.values() {
             for (p, set) in &w.offsets {
                 if let Some(m) = set.min_start() {
-                    note(*p, m as i64);
+                    note(*p, kafka(m));
                 }
             }
         }
@@ -1046,12 +1041,12 @@ impl Assembler {
             // Only what a confirmed commit passed can be forgotten: if this commit
             // fails and the partition is read again from the older one, the done
             // runs between them still save those files from a second transfer.
-            st.done.prune_below(st.floor.max(0) as u64);
+            st.done.prune_below(stored(st.floor));
             let done_above = st
                 .done
                 .ranges()
-                .filter(|&(_, b)| b as i64 > pos)
-                .map(|(a, b)| ((a as i64).max(pos), b as i64))
+                .filter(|&(_, b)| kafka(b) > pos)
+                .map(|(a, b)| (kafka(a).max(pos), kafka(b)))
                 .collect();
             out.push(CommitPosition { partition: *p, offset: pos, done_above });
         }
@@ -1071,7 +1066,7 @@ impl Assembler {
                 chunks: fa.chunks.covered(),
                 buffered,
                 partitions: fa.offsets.keys().copied().collect(),
-                max_offsets: fa.offsets.iter().map(|(p, s)| (*p, s.max_end() as i64)).collect(),
+                max_offsets: fa.offsets.iter().map(|(p, s)| (*p, kafka(s.max_end()))).collect(),
                 idle_seconds: now.duration_since(fa.last_chunk).as_secs_f64(),
                 state: "receiving",
             });
@@ -1082,7 +1077,7 @@ impl Assembler {
                 chunks: w.info.n_chunks,
                 buffered: 0,
                 partitions: w.offsets.keys().copied().collect(),
-                max_offsets: w.offsets.iter().map(|(p, s)| (*p, s.max_end() as i64)).collect(),
+                max_offsets: w.offsets.iter().map(|(p, s)| (*p, kafka(s.max_end()))).collect(),
                 idle_seconds: now.duration_since(w.since).as_secs_f64(),
                 state: if w.failed { "failed" } else { "uploading" },
             });
@@ -1148,7 +1143,7 @@ impl FileAssembly {
     fn record(&mut self, pos: Position) {
         // Offsets are never negative for consumed messages; a duplicate at the same
         // offset (a redelivery) is already recorded.
-        let o = pos.offset.max(0) as u64;
+        let o = stored(pos.offset);
         let set = self.offsets.entry(pos.partition).or_default();
         let before = set.n_ranges();
         set.union(o, o + 1);
@@ -1187,7 +1182,7 @@ impl FileAssembly {
         chunk: &Chunk<'_>,
         existed: bool,
         out: &mut Vec<Event>,
-    ) -> Result<Stored, String> {
+    ) -> Result<Stored> {
         let i = chunk.chunk_i;
         let n = self.info.n_chunks;
         if self.chunks.contains(i) {
@@ -1198,26 +1193,25 @@ impl FileAssembly {
         let end = start + chunk.data.len() as u64;
         if i == n {
             if end < self.bytes.max_end() {
-                return Err(format!(
-                    "last chunk {i}/{n} ends the file at byte {end}, but earlier chunks reach byte {}",
-                    self.bytes.max_end()
-                ));
+                let reached = self.bytes.max_end();
+                return Err(Error::ShortLastChunk { chunk_i: i, n_total_chunks: n, end, reached });
             }
-        } else if let Some(total) = self.total {
-            if end > total {
-                return Err(format!(
-                    "chunk {i}/{n} reaches byte {end}, past the end of the file at byte {total}"
-                ));
+        } else if let Some(size) = self.total {
+            if end > size {
+                return Err(Error::PastEnd { chunk_i: i, n_total_chunks: n, end, size });
             }
         }
+        let overlap = Error::Overlap { chunk_i: i, n_total_chunks: n, start, end };
         if start < end && self.bytes.missing(start, end) != [(start, end)] {
-            return Err(format!("chunk {i}/{n} (bytes {start}..{end}) overlaps bytes of another chunk"));
+            return Err(overlap);
         }
         if end > 0 && (end - 1) / self.part_size >= MAX_PARTS {
-            return Err(format!(
-                "chunk {i}/{n} reaches byte {end}, beyond {MAX_PARTS} parts of {} bytes",
-                self.part_size
-            ));
+            return Err(Error::TooManyParts {
+                chunk_i: i,
+                n_total_chunks: n,
+                end,
+                part_size: self.part_size,
+            });
         }
         // Bytes that extend the file's contiguous prefix always go in (they make
         // progress and free memory); others wait while memory is short.
@@ -1239,7 +1233,7 @@ impl FileAssembly {
         if i == n {
             self.total = Some(end);
         }
-        self.bytes.insert(start, end).map_err(|_| format!("chunk {i}/{n} overlaps another chunk"))?;
+        self.bytes.insert(start, end).map_err(|_| overlap)?;
         let _ = self.chunks.insert(i, i + 1);
         self.record(pos);
         self.write(start, chunk.data);
@@ -1248,7 +1242,7 @@ impl FileAssembly {
         if !self.chunks.is_exactly(1, n + 1) {
             return Ok(Stored::Partial);
         }
-        Ok(Stored::Done(self.finish(out)?))
+        Ok(Stored::Done(self.finish(pos, out)?))
     }
 
     fn write(&mut self, start: u64, data: &[u8]) {
@@ -1321,24 +1315,22 @@ impl FileAssembly {
         self.forget_done_parts();
     }
 
-    fn finish(&mut self, out: &mut Vec<Event>) -> Result<bool, String> {
+    fn finish(&mut self, position: Position, out: &mut Vec<Event>) -> Result<bool> {
         let total = self.total.unwrap_or(0);
         if !self.bytes.is_exactly(0, total) || self.hashed_upto != total {
-            return Err(format!(
-                "all {} chunks arrived but they cover {} of the file's {total} bytes",
-                self.info.n_chunks,
-                self.bytes.covered()
-            ));
+            return Err(Error::Incomplete {
+                n_chunks: self.info.n_chunks,
+                covered: self.bytes.covered(),
+                size: total,
+            });
         }
         let running = std::mem::take(&mut self.running);
         let (sha, crc) = running.finish();
         if sha != self.info.file_hash {
             out.push(Event::Failed {
                 file: self.info.clone(),
-                reason: format!(
-                    "the SHA-512 of the {total} reassembled bytes does not match the producer's file hash"
-                ),
-                hash_mismatch: true,
+                error: Error::FileHash { size: total },
+                position,
                 offsets: runs_of(&self.offsets),
             });
             return Ok(false);
@@ -1531,7 +1523,7 @@ mod tests {
             };
             asm.add(Position { partition: 0, offset: idx as i64 }, &wire::encode(&c), &mut events);
         }
-        assert!(events.iter().any(|e| matches!(e, Event::Failed { hash_mismatch: true, .. })));
+        assert!(events.iter().any(|e| matches!(e, Event::Failed { error: Error::FileHash { .. }, .. })));
         assert!(!events.iter().any(|e| matches!(e, Event::Complete { .. })));
     }
 
@@ -1569,13 +1561,13 @@ mod tests {
         let d = asm.add(Position { partition: 0, offset: 0 }, &m, &mut events);
         assert_eq!(d, Disposition::Rejected);
         assert!(events.iter().any(|e| matches!(e,
-            Event::Failed { file, reason, .. } if file.filename == "bad.dat" && reason.contains("chunk 3/5 is corrupted"))));
+            Event::Failed { file, error, .. } if file.filename == "bad.dat" && error.to_string().contains("chunk 3/5 is corrupted"))));
         let mut events = Vec::new();
         let d = asm.add(Position { partition: 0, offset: 1 }, &msgs[0].bytes[..40], &mut events);
         assert_eq!(d, Disposition::Rejected);
         match &events[..] {
             [Event::Rejected { error, position }] => {
-                assert_eq!(error.kind, wire::ErrorKind::Malformed);
+                assert!(matches!(error, Error::Malformed { .. }), "{error:?}");
                 assert_eq!(position.offset, 1);
                 assert!(error.to_string().contains("bad.dat"), "{error}");
             }

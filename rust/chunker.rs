@@ -14,6 +14,7 @@ use std::time::UNIX_EPOCH;
 
 use sha2::{Digest, Sha512};
 
+use crate::error::{Error, Result};
 use crate::wire::{self, Chunk};
 
 pub struct FilePlan {
@@ -29,31 +30,6 @@ pub struct FilePlan {
     pub mtime: f64,
 }
 
-#[derive(Debug)]
-pub enum ChunkerError {
-    Io { path: PathBuf, source: io::Error },
-    Changed { path: PathBuf, chunk_i: u64 },
-    BadChunkIndex { chunk_i: u64, n: u64 },
-}
-
-impl std::fmt::Display for ChunkerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Io { path, source } => write!(f, "cannot read {}: {source}", path.display()),
-            Self::Changed { path, chunk_i } => write!(
-                f,
-                "{} changed while it was being sent (chunk {chunk_i} no longer matches its hash)",
-                path.display()
-            ),
-            Self::BadChunkIndex { chunk_i, n } => {
-                write!(f, "chunk index {chunk_i} is outside 1..={n}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for ChunkerError {}
-
 fn python_mtime(meta: &std::fs::Metadata) -> f64 {
     match meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()) {
         Some(d) => d.as_secs() as f64 + f64::from(d.subsec_nanos()) * 1e-9,
@@ -63,9 +39,11 @@ fn python_mtime(meta: &std::fs::Metadata) -> f64 {
 
 impl FilePlan {
     /// Reads the file once: its mtime first (as OpenMSIStream does), then every byte.
-    pub fn new(path: &Path, chunk_size: u64) -> Result<Self, ChunkerError> {
-        let io_err = |source| ChunkerError::Io { path: path.to_owned(), source };
-        assert!(chunk_size > 0, "chunk size must be positive");
+    pub fn new(path: &Path, chunk_size: u64) -> Result<Self> {
+        let io_err = |source| Error::io(path, source);
+        if chunk_size == 0 {
+            return Err(Error::ChunkSizeZero);
+        }
         let mut f = File::open(path).map_err(io_err)?;
         let mtime = python_mtime(&f.metadata().map_err(io_err)?);
         let mut file_hash = Sha512::new();
@@ -121,29 +99,28 @@ impl FilePlan {
         subdir: &str,
         filename: &str,
         append: &str,
-    ) -> Result<Vec<u8>, ChunkerError> {
+    ) -> Result<Vec<u8>> {
         let n = self.n_chunks();
         if chunk_i == 0 || chunk_i > n {
-            return Err(ChunkerError::BadChunkIndex { chunk_i, n });
+            return Err(Error::BadChunkIndex { chunk_i, n });
         }
         let offset = (chunk_i - 1) * self.chunk_size;
         let len = self.chunk_size.min(self.size - offset) as usize;
         let mut data = vec![0u8; len];
         file.read_exact_at(&mut data, offset).map_err(|source| match source.kind() {
-            io::ErrorKind::UnexpectedEof => ChunkerError::Changed { path: self.path.clone(), chunk_i },
-            _ => ChunkerError::Io { path: self.path.clone(), source },
+            io::ErrorKind::UnexpectedEof => Error::Changed { path: self.path.clone(), chunk_i },
+            _ => Error::io(&self.path, source),
         })?;
         if chunk_i == n {
             // Bytes appended after hashing would be silently left out.
-            let now =
-                file.metadata().map_err(|source| ChunkerError::Io { path: self.path.clone(), source })?;
+            let now = file.metadata().map_err(|source| Error::io(&self.path, source))?;
             if now.len() != self.size {
-                return Err(ChunkerError::Changed { path: self.path.clone(), chunk_i });
+                return Err(Error::Changed { path: self.path.clone(), chunk_i });
             }
         }
         let chunk_hash = &self.chunk_hashes[(chunk_i - 1) as usize];
         if crate::checksum::crc64nvme(&data) != self.chunk_crcs[(chunk_i - 1) as usize] {
-            return Err(ChunkerError::Changed { path: self.path.clone(), chunk_i });
+            return Err(Error::Changed { path: self.path.clone(), chunk_i });
         }
         let chunk = Chunk {
             filename,
@@ -210,5 +187,12 @@ mod tests {
         std::fs::write(&path, [2u8; 5000]).unwrap();
         let err = plan.encode_chunk(&file, 1, "", "f", "").unwrap_err();
         assert!(err.to_string().contains("changed while it was being sent"), "{err}");
+        assert!(matches!(err, Error::Changed { chunk_i: 1, .. }), "{err:?}");
+    }
+
+    #[test]
+    fn a_chunk_size_of_zero_is_an_error() {
+        let (path, _) = temp_file(b"x");
+        assert!(matches!(FilePlan::new(&path, 0), Err(Error::ChunkSizeZero)));
     }
 }

@@ -2,55 +2,132 @@
 //! modules. Byte-heavy calls run with the GIL released; buffers go to Python
 //! through the buffer protocol, never as copies.
 
+// pyo3 extracts a Python list argument into an owned `Vec`, never a slice.
+#![allow(clippy::needless_pass_by_value)]
+
 use std::ffi::c_int;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use pyo3::exceptions::{PyBufferError, PyOSError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyTuple};
-use pyo3::{ffi, import_exception};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyTuple, PyType};
 use sha2::{Digest, Sha512 as Sha512State};
 
 use crate::assembler::{self, Assembler as RustAssembler, Disposition, Event as RustEvent, Position};
 use crate::checksum;
-use crate::chunker::{ChunkerError, FilePlan};
-use crate::wire::{self, Chunk, ErrorKind, WireError};
+use crate::chunker::FilePlan;
+use crate::error::Error;
+use crate::wire::{self, Chunk};
 
-import_exception!(s3transfer_stream.errors, ChunkError);
-import_exception!(s3transfer_stream.errors, ChunkHashError);
-import_exception!(s3transfer_stream.errors, ConfigError);
-
-fn wire_error(py: Python<'_>, e: &WireError) -> PyErr {
-    let err = match e.kind {
-        ErrorKind::Malformed => ChunkError::new_err(e.to_string()),
-        ErrorKind::ChunkHash => ChunkHashError::new_err(e.to_string()),
-    };
-    // Structured details for callers that log or register the failure.
-    let value = err.value(py);
-    let _ = value.setattr("field", e.field);
-    let _ = value.setattr("filename", e.filename.clone());
-    err
+/// The classes of `s3transfer_stream.errors` the extension raises, imported
+/// on first use (a failed import is raised in place of the error).
+#[derive(Clone, Copy)]
+enum Class {
+    Config,
+    Chunk,
+    ChunkHash,
+    FileAssembly,
+    FileChanged,
 }
 
-fn chunker_error(e: ChunkerError) -> PyErr {
-    match e {
-        // OSError(errno, strerror, filename) becomes FileNotFoundError etc. in Python.
-        ChunkerError::Io { ref path, ref source } => match source.raw_os_error() {
-            Some(errno) => PyOSError::new_err((errno, source.to_string(), path.display().to_string())),
-            None => PyOSError::new_err(e.to_string()),
-        },
-        ChunkerError::Changed { .. } | ChunkerError::BadChunkIndex { .. } => {
-            PyValueError::new_err(e.to_string())
-        }
+impl Class {
+    fn get(self, py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+        static CLASSES: [PyOnceLock<Py<PyType>>; 5] = [const { PyOnceLock::new() }; 5];
+        let name = match self {
+            Self::Config => "ConfigError",
+            Self::Chunk => "ChunkError",
+            Self::ChunkHash => "ChunkHashError",
+            Self::FileAssembly => "FileAssemblyError",
+            Self::FileChanged => "FileChangedError",
+        };
+        CLASSES[self as usize].import(py, "s3transfer_stream.errors", name)
+    }
+
+    /// `cls(message, **attributes)`; if that fails, the failure.
+    fn new_err(
+        self,
+        py: Python<'_>,
+        message: String,
+        attributes: impl FnOnce(&Bound<'_, PyDict>) -> PyResult<()>,
+    ) -> PyErr {
+        let build = || -> PyResult<PyErr> {
+            let kwargs = PyDict::new(py);
+            attributes(&kwargs)?;
+            Ok(PyErr::from_value(self.get(py)?.call((message,), Some(&kwargs))?))
+        };
+        build().unwrap_or_else(|failure| failure)
     }
 }
 
-fn digest64<'a>(field: &'static str, b: &'a [u8]) -> PyResult<&'a [u8; 64]> {
-    b.try_into().map_err(|_| {
-        ChunkError::new_err(format!("{field} must be a 64-byte SHA-512 digest, got {} bytes", b.len()))
-    })
+/// What the error itself does not know: where its message was read, and the
+/// name of the file it is about.
+#[derive(Clone, Copy, Default)]
+struct Context<'a> {
+    position: Option<Position>,
+    filename: Option<&'a str>,
+}
+
+/// The one mapping from the crate's errors to Python exceptions. Chunk,
+/// file and setting errors become classes of `s3transfer_stream.errors` that
+/// carry `field`, `filename`, `partition` and `offset` (the message's) where
+/// known; an unreadable file is an `OSError` (with its errno subclass), and
+/// a chunk index out of range, a caller's mistake, a `ValueError`.
+fn to_pyerr(py: Python<'_>, e: &Error, ctx: Context<'_>) -> PyErr {
+    let message = e.to_string();
+    let filename = ctx.filename.or(match e {
+        Error::Malformed { filename, .. } => filename.as_deref(),
+        Error::ChunkHash { filename, .. } => Some(filename),
+        _ => None,
+    });
+    let located = |kw: &Bound<'_, PyDict>| -> PyResult<()> {
+        kw.set_item("field", e.field())?;
+        kw.set_item("filename", filename)?;
+        kw.set_item("partition", ctx.position.map(|p| p.partition))?;
+        kw.set_item("offset", ctx.position.map(|p| p.offset))
+    };
+    match e {
+        Error::Malformed { .. } | Error::DigestLength { .. } => Class::Chunk.new_err(py, message, located),
+        Error::ChunkHash { .. } => Class::ChunkHash.new_err(py, message, located),
+        Error::ChunkCount { .. }
+        | Error::OutputName { .. }
+        | Error::ShortLastChunk { .. }
+        | Error::PastEnd { .. }
+        | Error::Overlap { .. }
+        | Error::TooManyParts { .. }
+        | Error::Incomplete { .. }
+        | Error::FileHash { .. }
+        | Error::CorruptChunk { .. } => Class::FileAssembly.new_err(py, message, |kw| {
+            located(kw)?;
+            kw.set_item("chunk_i", e.chunk_i())
+        }),
+        Error::PartSizeTooSmall { .. } | Error::MemoryLimitTooSmall { .. } | Error::ChunkSizeZero => {
+            Class::Config.new_err(py, message, |kw| kw.set_item("field", e.field()))
+        }
+        // OSError(errno, strerror, filename) becomes FileNotFoundError etc. in Python.
+        Error::Io { path, source } => match source.raw_os_error() {
+            Some(errno) => PyOSError::new_err((errno, source.to_string(), path.display().to_string())),
+            None => PyOSError::new_err(message),
+        },
+        Error::Changed { path, chunk_i } => Class::FileChanged.new_err(py, message, |kw| {
+            kw.set_item("filename", path.display().to_string())?;
+            kw.set_item("chunk_i", chunk_i)
+        }),
+        Error::BadChunkIndex { .. } => PyValueError::new_err(message),
+    }
+}
+
+impl From<Error> for PyErr {
+    fn from(e: Error) -> Self {
+        Python::attach(|py| to_pyerr(py, &e, Context::default()))
+    }
+}
+
+fn digest64<'a>(field: &'static str, b: &'a [u8]) -> Result<&'a [u8; 64], Error> {
+    b.try_into().map_err(|_| Error::DigestLength { field, len: b.len() })
 }
 
 /// Read-only bytes owned by Rust, shared with Python without copying
@@ -78,12 +155,14 @@ impl Buffer {
             return Err(PyBufferError::new_err("s3transfer_stream buffers are read-only"));
         }
         let data: &[u8] = &slf.get().data;
+        // A Vec never holds more than isize::MAX bytes.
+        let len = isize::try_from(data.len()).map_err(|_| PyBufferError::new_err("buffer too large"))?;
         // SAFETY: `view` is a valid Py_buffer supplied by CPython. The bytes live
         // in an Arc owned by `slf`, which the view keeps alive through `obj`,
         // and they are never mutated after the Buffer is created.
         unsafe {
             (*view).buf = data.as_ptr() as *mut std::ffi::c_void;
-            (*view).len = data.len() as isize;
+            (*view).len = len;
             (*view).readonly = 1;
             (*view).itemsize = 1;
             (*view).format = if (flags & ffi::PyBUF_FORMAT) == ffi::PyBUF_FORMAT {
@@ -137,7 +216,7 @@ pub struct DecodedChunk {
 #[pyo3(signature = (value, *, verify = true))]
 fn decode_chunk(py: Python<'_>, value: &[u8], verify: bool) -> PyResult<DecodedChunk> {
     let decoded = py.detach(|| if verify { wire::decode(value) } else { wire::decode_unverified(value) });
-    let c = decoded.map_err(|e| wire_error(py, &e))?;
+    let c = decoded?;
     Ok(DecodedChunk {
         filename: c.filename.to_owned(),
         file_hash: PyBytes::new(py, c.file_hash).unbind(),
@@ -319,6 +398,8 @@ pub struct FileFailed {
     file: Py<FileInfo>,
     reason: String,
     hash_mismatch: bool,
+    /// A `FileAssemblyError` about the message at which the file failed.
+    error: PyErr,
     offsets: Vec<(i32, Vec<(i64, i64)>)>,
     pins: Vec<(i32, i64)>,
 }
@@ -430,12 +511,17 @@ fn event_object(py: Python<'_>, e: RustEvent) -> PyResult<Py<PyAny>> {
             },
         )?
         .into_any(),
-        RustEvent::Failed { file, reason, hash_mismatch, offsets } => Py::new(
+        RustEvent::Failed { file, error, position, offsets } => Py::new(
             py,
             FileFailed {
                 file: file_info(py, &file)?,
-                reason,
-                hash_mismatch,
+                reason: error.to_string(),
+                hash_mismatch: matches!(error, Error::FileHash { .. }),
+                error: to_pyerr(
+                    py,
+                    &error,
+                    Context { position: Some(position), filename: Some(&file.filename) },
+                ),
                 pins: pins_of(&offsets),
                 offsets,
             },
@@ -447,7 +533,7 @@ fn event_object(py: Python<'_>, e: RustEvent) -> PyResult<Py<PyAny>> {
                 partition: position.partition,
                 offset: position.offset,
                 reason: error.to_string(),
-                error: wire_error(py, &error),
+                error: to_pyerr(py, &error, Context { position: Some(position), filename: None }),
             },
         )?
         .into_any(),
@@ -494,7 +580,7 @@ impl Assembler {
             owned.push((Position { partition, offset }, value));
         }
         let borrowed: Vec<(Position, Option<&[u8]>)> =
-            owned.iter().map(|(p, v)| (*p, v.as_ref().map(|b| b.as_bytes()))).collect();
+            owned.iter().map(|(p, v)| (*p, v.as_ref().map(PyBytesMethods::as_bytes))).collect();
         let inner = &self.inner;
         let (events, dispositions, deferred) = py.detach(|| {
             let mut events = Vec::new();
@@ -515,7 +601,7 @@ impl Assembler {
     #[new]
     #[pyo3(signature = (part_size = 8 << 20, max_buffered = 1 << 30))]
     fn new(part_size: u64, max_buffered: u64) -> PyResult<Self> {
-        RustAssembler::new(part_size, max_buffered).map(|inner| Self { inner }).map_err(ConfigError::new_err)
+        Ok(Self { inner: RustAssembler::new(part_size, max_buffered)? })
     }
 
     #[getter]
@@ -675,14 +761,13 @@ impl FileChunker {
     #[new]
     #[pyo3(signature = (path, chunk_size = 524_288))]
     fn new(py: Python<'_>, path: PathBuf, chunk_size: u64) -> PyResult<Self> {
-        if chunk_size == 0 {
-            return Err(ConfigError::new_err("chunk size must be a positive number of bytes"));
-        }
-        py.detach(|| {
-            let file = File::open(&path).map_err(|source| ChunkerError::Io { path: path.clone(), source })?;
-            Ok(Self { plan: FilePlan::new(&path, chunk_size)?, file })
-        })
-        .map_err(chunker_error)
+        let chunker = py.detach(|| -> Result<Self, Error> {
+            // The plan first: a chunk size of 0 is refused before the file is opened.
+            let plan = FilePlan::new(&path, chunk_size)?;
+            let file = File::open(&path).map_err(|source| Error::io(&path, source))?;
+            Ok(Self { plan, file })
+        })?;
+        Ok(chunker)
     }
 
     #[getter]
@@ -722,13 +807,11 @@ impl FileChunker {
         filename_append: &str,
     ) -> PyResult<Vec<Py<Buffer>>> {
         let last = first.saturating_add(count).min(self.plan.n_chunks() + 1);
-        let encoded = py
-            .detach(|| {
-                (first..last)
-                    .map(|i| self.plan.encode_chunk(&self.file, i, subdir_str, filename, filename_append))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .map_err(chunker_error)?;
+        let encoded = py.detach(|| {
+            (first..last)
+                .map(|i| self.plan.encode_chunk(&self.file, i, subdir_str, filename, filename_append))
+                .collect::<Result<Vec<_>, Error>>()
+        })?;
         encoded.into_iter().map(|m| buffer(py, Arc::new(m))).collect()
     }
 }
@@ -755,6 +838,17 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_message_key, m)?)?;
     m.add_function(wrap_pyfunction!(sha512, m)?)?;
     m.add_function(wrap_pyfunction!(crc64nvme, m)?)?;
+    // `Event`, the union of the event classes, as the stub declares it.
+    let py = m.py();
+    let event = py
+        .get_type::<FileStarted>()
+        .into_any()
+        .bitor(py.get_type::<PartReady>())?
+        .bitor(py.get_type::<FileComplete>())?
+        .bitor(py.get_type::<FileFailed>())?
+        .bitor(py.get_type::<FileSuperseded>())?
+        .bitor(py.get_type::<MessageRejected>())?;
+    m.add("Event", event)?;
     m.add("MIN_PART_SIZE", assembler::MIN_PART_SIZE)?;
     m.add("MAX_PARTS", assembler::MAX_PARTS)?;
     Ok(())

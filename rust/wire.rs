@@ -7,49 +7,15 @@
 //! produces (smallest int encodings, `str8` for short strings, float64 for the
 //! mtime), so a decoded message re-encodes to the identical bytes.
 
-use std::fmt;
-
 use sha2::{Digest, Sha512};
+
+use crate::error::{Error, Result};
 
 /// S3 refuses objects above 5 TiB; no valid chunk can reach past that.
 pub const MAX_FILE_SIZE: u64 = 5 << 40;
 /// An upper bound on chunks per file that still allows 1-byte chunks of a large file
 /// while keeping every count we derive from it comfortably inside u64 arithmetic.
 pub const MAX_CHUNKS: u64 = 1 << 40;
-
-/// What went wrong, in terms a user can act on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// The bytes are not a well-formed chunk message.
-    Malformed,
-    /// The chunk's data does not hash to the chunk hash it carries.
-    ChunkHash,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WireError {
-    pub kind: ErrorKind,
-    /// The msgpack field at fault (`filename`, `chunk_i`, ... or `message`).
-    pub field: &'static str,
-    /// The file the chunk belongs to, when field 0 could be read.
-    pub filename: Option<String>,
-    pub detail: String,
-}
-
-impl fmt::Display for WireError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let what = match self.kind {
-            ErrorKind::Malformed => "malformed file chunk",
-            ErrorKind::ChunkHash => "corrupted file chunk",
-        };
-        match &self.filename {
-            Some(name) => write!(f, "{what} of file {name:?}: {}: {}", self.field, self.detail),
-            None => write!(f, "{what}: {}: {}", self.field, self.detail),
-        }
-    }
-}
-
-impl std::error::Error for WireError {}
 
 /// One decoded chunk. Byte fields borrow from the message.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,19 +58,14 @@ impl<'a> Chunk<'a> {
     }
 
     /// Re-checks the chunk hash; `decode` already does this, encoders use it too.
-    pub fn verify_hash(&self) -> Result<(), WireError> {
+    pub fn verify_hash(&self) -> Result<()> {
         let digest = Sha512::digest(self.data);
         if digest.as_slice() != self.chunk_hash.as_slice() {
-            return Err(WireError {
-                kind: ErrorKind::ChunkHash,
-                field: "chunk_hash",
-                filename: Some(self.filename.to_owned()),
-                detail: format!(
-                    "SHA-512 of the {} data bytes of chunk {}/{} does not match the chunk hash",
-                    self.data.len(),
-                    self.chunk_i,
-                    self.n_total_chunks
-                ),
+            return Err(Error::ChunkHash {
+                filename: self.filename.to_owned(),
+                chunk_i: self.chunk_i,
+                n_total_chunks: self.n_total_chunks,
+                len: self.data.len(),
             });
         }
         Ok(())
@@ -159,16 +120,11 @@ enum Value<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn err(&self, field: &'static str, detail: impl Into<String>) -> WireError {
-        WireError {
-            kind: ErrorKind::Malformed,
-            field,
-            filename: self.filename.map(str::to_owned),
-            detail: detail.into(),
-        }
+    fn err(&self, field: &'static str, detail: impl Into<String>) -> Error {
+        Error::malformed(field, self.filename, detail)
     }
 
-    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], WireError> {
+    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8]> {
         let remaining = self.buf.len() - self.pos;
         if n > remaining {
             return Err(self.err(
@@ -184,23 +140,30 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
-    fn be(&mut self, n: usize, field: &'static str) -> Result<u64, WireError> {
+    /// The next `N` bytes.
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N]> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N, field)?);
+        Ok(out)
+    }
+
+    fn be(&mut self, n: usize, field: &'static str) -> Result<u64> {
         Ok(self.take(n, field)?.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
     }
 
-    fn value(&mut self, field: &'static str) -> Result<Value<'a>, WireError> {
+    fn value(&mut self, field: &'static str) -> Result<Value<'a>> {
         let tag = self.take(1, field)?[0];
         Ok(match tag {
             0x00..=0x7f => Value::Uint(u64::from(tag)),
-            0xe0..=0xff => Value::Int(i64::from(tag as i8)),
+            0xe0..=0xff => Value::Int(i64::from(i8::from_be_bytes([tag]))),
             0xcc => Value::Uint(self.be(1, field)?),
             0xcd => Value::Uint(self.be(2, field)?),
             0xce => Value::Uint(self.be(4, field)?),
             0xcf => Value::Uint(self.be(8, field)?),
-            0xd0 => Value::Int(i64::from(self.be(1, field)? as u8 as i8)),
-            0xd1 => Value::Int(i64::from(self.be(2, field)? as u16 as i16)),
-            0xd2 => Value::Int(i64::from(self.be(4, field)? as u32 as i32)),
-            0xd3 => Value::Int(self.be(8, field)? as i64),
+            0xd0 => Value::Int(i64::from(i8::from_be_bytes(self.array(field)?))),
+            0xd1 => Value::Int(i64::from(i16::from_be_bytes(self.array(field)?))),
+            0xd2 => Value::Int(i64::from(i32::from_be_bytes(self.array(field)?))),
+            0xd3 => Value::Int(i64::from_be_bytes(self.array(field)?)),
             0xca => Value::Float(f64::from(f32::from_bits(self.be(4, field)? as u32))),
             0xcb => Value::Float(f64::from_bits(self.be(8, field)?)),
             0xa0..=0xbf => Value::Str(self.take(usize::from(tag & 0x1f), field)?),
@@ -239,7 +202,7 @@ impl<'a> Reader<'a> {
 
     /// Text fields: msgpack str (what OpenMSIStream sends); bin is accepted too
     /// because its deserializer reads with `raw=True` and decodes either.
-    fn text(&mut self, field: &'static str) -> Result<&'a str, WireError> {
+    fn text(&mut self, field: &'static str) -> Result<&'a str> {
         match self.value(field)? {
             Value::Str(b) | Value::Bin(b) => {
                 std::str::from_utf8(b).map_err(|e| self.err(field, format!("is not valid UTF-8 ({e})")))
@@ -248,29 +211,30 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn bytes(&mut self, field: &'static str) -> Result<&'a [u8], WireError> {
+    fn bytes(&mut self, field: &'static str) -> Result<&'a [u8]> {
         match self.value(field)? {
             Value::Bin(b) | Value::Str(b) => Ok(b),
             other => Err(self.err(field, format!("must be binary data, got {}", describe(&other)))),
         }
     }
 
-    fn digest(&mut self, field: &'static str) -> Result<&'a [u8; 64], WireError> {
+    fn digest(&mut self, field: &'static str) -> Result<&'a [u8; 64]> {
         let b = self.bytes(field)?;
         b.try_into()
             .map_err(|_| self.err(field, format!("must be a 64-byte SHA-512 digest, got {} bytes", b.len())))
     }
 
-    fn uint(&mut self, field: &'static str) -> Result<u64, WireError> {
+    fn uint(&mut self, field: &'static str) -> Result<u64> {
         match self.value(field)? {
             Value::Uint(v) => Ok(v),
-            Value::Int(v) if v >= 0 => Ok(v as u64),
-            Value::Int(v) => Err(self.err(field, format!("must not be negative, got {v}"))),
+            Value::Int(v) => {
+                u64::try_from(v).map_err(|_| self.err(field, format!("must not be negative, got {v}")))
+            }
             other => Err(self.err(field, format!("must be an integer, got {}", describe(&other)))),
         }
     }
 
-    fn mtime(&mut self, field: &'static str) -> Result<f64, WireError> {
+    fn mtime(&mut self, field: &'static str) -> Result<f64> {
         match self.value(field)? {
             Value::Float(v) if v.is_finite() => Ok(v),
             Value::Float(v) => Err(self.err(field, format!("must be a finite number, got {v}"))),
@@ -295,7 +259,7 @@ fn describe(v: &Value<'_>) -> String {
 }
 
 /// Decodes a chunk message without verifying its chunk hash.
-pub fn decode_unverified(buf: &[u8]) -> Result<Chunk<'_>, WireError> {
+pub fn decode_unverified(buf: &[u8]) -> Result<Chunk<'_>> {
     let mut r = Reader { buf, pos: 0, filename: None };
     let tag = r.take(1, "message")?[0];
     let n_fields = match tag {
@@ -362,13 +326,13 @@ pub fn decode_unverified(buf: &[u8]) -> Result<Chunk<'_>, WireError> {
 }
 
 /// Decodes a chunk message and verifies its data against its chunk hash.
-pub fn decode(buf: &[u8]) -> Result<Chunk<'_>, WireError> {
+pub fn decode(buf: &[u8]) -> Result<Chunk<'_>> {
     let chunk = decode_unverified(buf)?;
     chunk.verify_hash()?;
     Ok(chunk)
 }
 
-fn validate_name(r: &Reader<'_>, name: &str) -> Result<(), WireError> {
+fn validate_name(r: &Reader<'_>, name: &str) -> Result<()> {
     if name.is_empty() || name == "." || name == ".." {
         return Err(r.err("filename", format!("{name:?} is not a file name")));
     }
@@ -378,7 +342,7 @@ fn validate_name(r: &Reader<'_>, name: &str) -> Result<(), WireError> {
     Ok(())
 }
 
-fn validate_subdir(r: &Reader<'_>, subdir: &str) -> Result<(), WireError> {
+fn validate_subdir(r: &Reader<'_>, subdir: &str) -> Result<()> {
     // An absolute or `..` subdir would let a producer write outside the topic's
     // prefix (or outside an output directory); refuse it rather than guess.
     if subdir.starts_with('/') {
@@ -586,8 +550,10 @@ mod tests {
         let ch = [0u8; 64];
         let bytes = encode(&sample(data, &fh, &ch));
         let e = decode(&bytes).unwrap_err();
-        assert_eq!(e.kind, ErrorKind::ChunkHash);
-        assert_eq!(e.filename.as_deref(), Some("x.dat"));
+        assert!(
+            matches!(&e, Error::ChunkHash { filename, chunk_i: 2, n_total_chunks: 381, len: 3 } if filename == "x.dat"),
+            "{e:?}"
+        );
         assert!(decode_unverified(&bytes).is_ok());
     }
 

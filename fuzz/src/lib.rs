@@ -16,7 +16,8 @@ use std::sync::Arc;
 use s3transfer_core::assembler::{Assembler, Buffer, Disposition, Event, OffsetRuns, Position};
 use s3transfer_core::checksum::{crc64nvme, sha512};
 use s3transfer_core::intervals::IntervalSet;
-use s3transfer_core::wire::{self, Chunk, ErrorKind};
+use s3transfer_core::error::Error;
+use s3transfer_core::wire::{self, Chunk};
 
 // ---------------------------------------------------------------------------
 // Decoder
@@ -28,15 +29,20 @@ pub fn decoder(data: &[u8]) {
     match (&verified, &unverified) {
         (Ok(a), Ok(b)) => assert_eq!(a, b),
         (Err(e), Ok(c)) => {
-            assert_eq!(e.kind, ErrorKind::ChunkHash, "{e}");
+            assert!(matches!(e, Error::ChunkHash { .. }), "{e}");
             assert!(c.verify_hash().is_err());
         }
         (Ok(_), Err(e)) => panic!("decode accepted what decode_unverified refused: {e}"),
-        (Err(a), Err(b)) => assert_eq!(a, b),
+        (Err(a), Err(b)) => {
+            assert_eq!(std::mem::discriminant(a), std::mem::discriminant(b));
+            assert_eq!(a.to_string(), b.to_string());
+        }
     }
     for e in [&verified, &unverified].into_iter().filter_map(|r| r.as_ref().err()) {
         let text = e.to_string();
         assert!(!text.is_empty());
+        assert!(e.is_bad_message(), "{e:?}");
+        assert!(e.field().is_some_and(|f| text.contains(&format!("{f}: "))), "{e:?}");
     }
     if let Ok(chunk) = &unverified {
         check_chunk(chunk, data);
@@ -519,7 +525,9 @@ impl Harness<'_> {
                     }
                     self.finished(file.instance, State::Owned);
                 }
-                Event::Failed { file, offsets, .. } => {
+                Event::Failed { file, offsets, error, position } => {
+                    assert!(error.is_file_failure(), "{error:?}");
+                    assert_eq!(*position, pos);
                     let inst = self.instances.get(&file.instance).expect("unknown instance failed");
                     assert_eq!(inst.state, State::Receiving, "instance {} finished twice", file.instance);
                     for p in &inst.stored_at {
@@ -538,6 +546,7 @@ impl Harness<'_> {
                 }
                 Event::Rejected { position, error } => {
                     assert_eq!(*position, pos);
+                    assert!(error.is_bad_message(), "{error:?}");
                     assert!(!error.to_string().is_empty());
                 }
             }

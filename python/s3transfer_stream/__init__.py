@@ -11,6 +11,7 @@ from .errors import (
     ChunkHashError,
     ConfigError,
     FileAssemblyError,
+    FileChangedError,
     S3TransferStreamError,
     TransferError,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "ChunkHashError",
     "ConfigError",
     "FileAssemblyError",
+    "FileChangedError",
     "S3TransferStreamError",
     "TransferError",
     "__version__",

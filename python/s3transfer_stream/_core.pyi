@@ -8,11 +8,12 @@ unsigned 64-bit unless said otherwise; a negative or too large value raises
 ones expose read-only attributes.
 """
 
+import sys
 from collections.abc import Sequence
 from os import PathLike
 from typing import Literal, Protocol, Self, TypeAlias, final
 
-from s3transfer_stream.errors import ChunkError
+from s3transfer_stream.errors import ChunkError, FileAssemblyError
 
 __all__ = [
     "MAX_PARTS",
@@ -54,7 +55,8 @@ class Buffer:
     """
 
     def __len__(self) -> int: ...
-    def __buffer__(self, flags: int, /) -> memoryview: ...
+    if sys.version_info >= (3, 12):
+        def __buffer__(self, flags: int, /) -> memoryview: ...
 
 @final
 class DecodedChunk:
@@ -98,7 +100,8 @@ def decode_chunk(value: bytes, *, verify: bool = True) -> DecodedChunk:
 
     Raises :class:`~s3transfer_stream.errors.ChunkError` for a malformed message and
     :class:`~s3transfer_stream.errors.ChunkHashError` (only with ``verify``) when the
-    data does not match the chunk hash; both carry ``.field`` and ``.filename``.
+    data does not match the chunk hash; both carry ``.field`` and ``.filename``
+    (``.partition`` and ``.offset`` are ``None`` here).
     """
 
 def encode_chunk(
@@ -229,9 +232,13 @@ class FileFailed:
     @property
     def file(self) -> FileInfo: ...
     @property
-    def reason(self) -> str: ...
+    def reason(self) -> str:
+        """``str(error)``."""
     @property
     def hash_mismatch(self) -> bool: ...
+    @property
+    def error(self) -> FileAssemblyError:
+        """Why, with the message at which the file failed (``.partition``, ``.offset``)."""
     @property
     def offsets(self) -> list[tuple[int, list[tuple[int, int]]]]: ...
     @property
@@ -264,7 +271,7 @@ class MessageRejected:
     def reason(self) -> str: ...
     @property
     def error(self) -> ChunkError:
-        """The exception that rejected the message."""
+        """The exception that rejected the message (``.partition`` and ``.offset`` are set)."""
 
 Event: TypeAlias = (
     FileStarted | PartReady | FileComplete | FileFailed | FileSuperseded | MessageRejected
@@ -406,5 +413,7 @@ class FileChunker:
     ) -> list[Buffer]:
         """Messages of chunks ``first..first+count`` (1-based, clipped to the file).
 
-        Raises ``ValueError`` naming the file if it changed since construction.
+        Raises :class:`~s3transfer_stream.errors.FileChangedError` (a ``ValueError``)
+        naming the file if it changed since construction, and ``ValueError`` for a
+        ``first`` of 0.
         """
