@@ -1103,7 +1103,8 @@ class DirectoryUploader:
             self._completed_at[job.rel] = datetime.now().replace(microsecond=0)
         self._log.info(
             f"Uploaded {job.rel} ({job.version.size} bytes, {job.version.n_chunks} chunk(s)) "
-            f"to the {self.topic} topic"
+            f"to the {self.topic} topic",
+            extra={"file": job.rel, "topic": self.topic, "size": job.version.size},
         )
 
     def _abort(self, job: _Job, reason: str) -> None:
@@ -1112,7 +1113,7 @@ class DirectoryUploader:
             if self._active.get(job.rel) is job:
                 del self._active[job.rel]
                 self._busy.discard(job.rel)
-        self._log.warning(f"{job.rel}: {reason}")
+        self._log.warning(f"{job.rel}: {reason}", extra={"file": job.rel, "reason": reason})
 
     def _fail(self, job: _Job, reason: str) -> None:
         job.aborted = True
@@ -1123,7 +1124,8 @@ class DirectoryUploader:
             self._failed.add(job.rel)
         self._log.error(
             f"could not upload {job.rel}: {reason}. It stays in progress in the registry and "
-            "the next run sends its missing chunks"
+            "the next run sends its missing chunks",
+            extra={"file": job.rel, "reason": reason},
         )
 
 
