@@ -73,7 +73,16 @@ _SERDE_NAMES = frozenset(
 _VARIABLE_RE = re.compile(r"\$(\w+|\{[^}]*\})")
 
 # Kafka settings whose values must never be shown (repr of a TransferConfig).
-_SECRET_KEY_PARTS = ("password", "secret", "sasl.username", "ssl.key.pem", "credentials")
+_SECRET_KEY_PARTS = (
+    "password",
+    "secret",
+    "sasl.username",
+    "ssl.key.pem",
+    "credentials",
+    "token",
+    "sasl.oauthbearer.config",
+    "sasl.oauthbearer.extensions",
+)
 
 
 # --------------------------------------------------------------------------- lookup

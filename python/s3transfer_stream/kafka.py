@@ -54,7 +54,17 @@ _LIBRDKAFKA_DEFAULT_MESSAGE_MAX = 1_000_000
 DEFAULT_QUEUE_KBYTES = 128 * 1024
 
 # Setting names whose values are never shown (in errors, logs or reprs).
-_SECRET_PARTS = ("password", "secret", "sasl.username", "ssl.key.pem", "credentials", "token")
+# (``sasl.oauthbearer.config`` holds the unsecured JWT's claims, extensions may hold tokens.)
+_SECRET_PARTS = (
+    "password",
+    "secret",
+    "sasl.username",
+    "ssl.key.pem",
+    "credentials",
+    "token",
+    "sasl.oauthbearer.config",
+    "sasl.oauthbearer.extensions",
+)
 
 
 def _is_secret(key: str) -> bool:

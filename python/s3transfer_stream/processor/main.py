@@ -201,6 +201,11 @@ class S3TransferStreamProcessor:
             f"successfully processed, and {s.files_transferred} files were transferred to the "
             f"{self.options.bucket} bucket"
         )
+        if s.messages_rejected:
+            self.log.warning(
+                f"{s.messages_rejected} messages were skipped as unusable (not file chunks, or "
+                "malformed; each is logged above with its partition and offset)"
+            )
         if s.files_failed or s.files_abandoned:
             self.log.warning(
                 f"{s.files_failed} file(s) failed and {s.files_abandoned} were abandoned; see the "

@@ -215,6 +215,9 @@ class Uploader:
                 self.log.error(
                     f"Skipping message at {self.o.topic}[{ev.partition}]@{ev.offset}: {ev.reason}"
                 )
+                # Accounted for: the commit metadata carries it as done, so a reader
+                # after a restart or rebalance skips it instead of logging it again.
+                self.ledger.skip_offsets(ev.partition, [(ev.offset, ev.offset + 1)])
 
     def _key(self, info: _core.FileInfo) -> str:
         return f"{self.o.topic}/{info.rel_output_path}"
@@ -298,12 +301,23 @@ class Uploader:
             self._finish_pool.submit(self._abort, fu)
         status = MISMATCHED_HASH if ev.hash_mismatch else FAILED
         self.log.error(
-            f"File {info.rel_output_path} cannot be reassembled ({status}): {ev.reason}; "
-            "nothing was stored"
+            f"File {info.rel_output_path} cannot be reassembled ({status}; {self._culprit(ev)}): "
+            f"{ev.reason}; nothing was stored"
         )
         # Reading the same bad bytes again cannot help: record, then commit past.
         self.metrics.file_failed("hash_mismatch" if ev.hash_mismatch else "bad_chunk")
         self._give_up(fu, status, ev.reason)
+
+    def _where(self, info: _core.FileInfo) -> str:
+        """Where a file's first chunk sits in the log, for messages about the file."""
+        return f"first chunk at {self.o.topic}[{info.first_partition}]@{info.first_offset}"
+
+    def _culprit(self, ev: _core.FileFailed) -> str:
+        """The message at which the file failed (else, if not known, its first chunk)."""
+        partition, offset = ev.error.partition, ev.error.offset
+        if partition is None or offset is None:
+            return self._where(ev.file)
+        return f"message at {self.o.topic}[{partition}]@{offset}"
 
     def _on_superseded(self, ev: _core.FileSuperseded) -> None:
         fu = self._pop(ev.file.instance)
@@ -626,7 +640,8 @@ class Uploader:
             fu.state = "held"
             return
         self.log.error(
-            f"Failed to transfer {info.rel_output_path} to s3://{self.o.bucket}/{fu.key}: {reason}; "
+            f"Failed to transfer {info.rel_output_path} to s3://{self.o.bucket}/{fu.key} "
+            f"({self._where(info)}): {reason}; "
             "recorded as failed and committed past (send the file again to retry it)"
         )
         self.metrics.file_failed("validation" if reason.startswith("validation") else "s3_refused")
@@ -678,7 +693,10 @@ class Uploader:
         if info.echo or fu.ignored:
             self.ledger.settle(info.instance)
             return
-        self.log.warning(f"Giving up {info.rel_output_path}: {why}; recorded as {ABANDONED}")
+        self.log.warning(
+            f"Giving up {info.rel_output_path} ({self._where(info)}): {why}; "
+            f"recorded as {ABANDONED}"
+        )
         self._give_up(fu, ABANDONED, why)
 
     def revoked(self, dropped: list[_core.FileInfo], partitions: set[int]) -> None:
