@@ -456,6 +456,55 @@ fn merge_offsets(into: &mut BTreeMap<i32, IntervalSet>, from: &BTreeMap<i32, Int
     }
 }
 
+/// A message as the consumer read it: where, and its value (None for a tombstone).
+pub type Message<'a> = (Position, Option<&'a [u8]>);
+
+/// Below this many bytes of chunk data in a batch, hashing on one thread is cheaper
+/// than handing work to others.
+const PARALLEL_HASH_MIN: usize = 4 << 20;
+
+/// Checks the chunk hashes of a batch's messages on several threads when the batch
+/// is big enough (the hashing is most of the work of reading a chunk); `None` for a
+/// message that is not a decodable chunk or when the batch is checked in line.
+fn verify_hashes(messages: &[Message<'_>]) -> Vec<Option<bool>> {
+    let total: usize = messages.iter().map(|(_, v)| v.map_or(0, <[u8]>::len)).sum();
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(8);
+    if total < PARALLEL_HASH_MIN || threads < 2 || messages.len() < 2 {
+        return Vec::new();
+    }
+    let check = |value: Option<&[u8]>| {
+        let chunk = wire::decode_unverified(value?).ok()?;
+        Some(chunk.verify_hash().is_ok())
+    };
+    // Contiguous groups of about equal bytes, one per thread.
+    let share = total.div_ceil(threads);
+    let mut groups: Vec<&[Message<'_>]> = Vec::with_capacity(threads);
+    let (mut start, mut acc) = (0, 0);
+    for (i, (_, v)) in messages.iter().enumerate() {
+        acc += v.map_or(0, <[u8]>::len);
+        if acc >= share {
+            groups.push(&messages[start..=i]);
+            (start, acc) = (i + 1, 0);
+        }
+    }
+    if start < messages.len() {
+        groups.push(&messages[start..]);
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = groups
+            .iter()
+            .map(|g| scope.spawn(move || g.iter().map(|(_, v)| check(*v)).collect::<Vec<_>>()))
+            .collect();
+        // A thread that panicked (it cannot: decoding returns errors) leaves its
+        // messages to be checked in line.
+        handles
+            .into_iter()
+            .zip(&groups)
+            .flat_map(|(h, g)| h.join().unwrap_or_else(|_| vec![None; g.len()]))
+            .collect()
+    })
+}
+
 impl Assembler {
     /// `part_size` is the multipart part size (at least 5 MiB, S3's minimum);
     /// `max_buffered` bounds the bytes held for reassembly by all unfinished files.
@@ -506,7 +555,7 @@ impl Assembler {
     /// `NotOurs` and change nothing: its reader reads them.
     pub fn add_batch(
         &self,
-        messages: &[(Position, Option<&[u8]>)],
+        messages: &[Message<'_>],
         reader: u32,
         out: &mut Vec<Event>,
     ) -> (Vec<Disposition>, Vec<(i32, i64)>) {
@@ -514,7 +563,8 @@ impl Assembler {
         let mut dispositions = Vec::with_capacity(messages.len());
         let mut not_ours: Vec<i32> = Vec::new();
         let mut ours: Vec<i32> = Vec::new();
-        for (pos, value) in messages {
+        let checked = verify_hashes(messages);
+        for (i, (pos, value)) in messages.iter().enumerate() {
             if deferred.iter().any(|(p, _)| *p == pos.partition) {
                 dispositions.push(Disposition::Deferred);
                 continue;
@@ -533,7 +583,7 @@ impl Assembler {
                 }
             }
             let d = match value {
-                Some(v) => self.add(*pos, v, out),
+                Some(v) => self.add_checked(*pos, v, checked.get(i).copied().flatten(), out),
                 None => {
                     out.push(Event::Rejected {
                         position: *pos,
@@ -576,13 +626,30 @@ impl Assembler {
 
     /// Decodes, verifies and stores one message; events are appended to `out`.
     pub fn add(&self, pos: Position, message: &[u8], out: &mut Vec<Event>) -> Disposition {
+        self.add_checked(pos, message, None, out)
+    }
+
+    /// `add`, with the chunk hash already checked (`Some(matches)`) or not (`None`).
+    fn add_checked(
+        &self,
+        pos: Position,
+        message: &[u8],
+        hash_ok: Option<bool>,
+        out: &mut Vec<Event>,
+    ) -> Disposition {
         if pos.offset >= 0 {
             let ps = lock(&self.partitions);
             if ps.get(&pos.partition).is_some_and(|s| s.done.contains(stored(pos.offset))) {
                 return Disposition::Duplicate;
             }
         }
-        let chunk = match wire::decode(message) {
+        let decoded = match hash_ok {
+            None => wire::decode(message),
+            Some(ok) => {
+                wire::decode_unverified(message).and_then(|c| if ok { Ok(c) } else { Err(c.hash_error()) })
+            }
+        };
+        let chunk = match decoded {
             Ok(c) => c,
             Err(error) => {
                 if matches!(error, Error::ChunkHash { .. }) {
@@ -2018,5 +2085,52 @@ mod tests {
                 assert!(after <= limit, "chunk {}: memory {before} -> {after}, limit {limit}", k + 1);
             }
         }
+    }
+
+    #[test]
+    fn a_big_batch_is_checked_on_several_threads_with_the_same_outcome() {
+        // 12 chunks of 512 KiB (over PARALLEL_HASH_MIN), one of them corrupted in
+        // a copy sent again, plus a message that is no chunk at all.
+        let data = content(12 << 19, 3);
+        let msgs = chunks_of("p.bin", "", &data, 1 << 19, 1.0);
+        let mut bad = msgs[4].bytes.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        let mut batch: Vec<(Position, Option<&[u8]>)> = Vec::new();
+        for (i, m) in msgs.iter().enumerate() {
+            batch.push((Position { partition: 0, offset: i as i64 }, Some(m.bytes.as_slice())));
+        }
+        batch.insert(6, (Position { partition: 1, offset: 0 }, Some(bad.as_slice())));
+        batch.insert(2, (Position { partition: 1, offset: 1 }, Some(b"not a chunk".as_slice())));
+        assert_eq!(verify_hashes(&batch).len(), batch.len());
+        let kinds = |ev: &[Event]| -> Vec<String> {
+            ev.iter()
+                .map(|e| match e {
+                    Event::Rejected { position, error } => format!("rejected {position:?} {error}"),
+                    Event::Failed { .. } => "failed".to_owned(),
+                    Event::Complete { .. } => "complete".to_owned(),
+                    Event::Started(_) => "started".to_owned(),
+                    _ => "other".to_owned(),
+                })
+                .collect()
+        };
+        let parallel = Assembler::with_any_part_size(8 << 20);
+        let mut ev = Vec::new();
+        let (d, _) = parallel.add_batch(&batch, 0, &mut ev);
+        let in_line = Assembler::with_any_part_size(8 << 20);
+        let mut ev1 = Vec::new();
+        let d1: Vec<_> =
+            batch.iter().map(|(p, v)| in_line.add(*p, v.unwrap_or_default(), &mut ev1)).collect();
+        assert_eq!(d, d1);
+        assert_eq!(kinds(&ev), kinds(&ev1));
+        // The garbage is rejected; the corrupted copy of a chunk the file already
+        // holds changes nothing, on either path.
+        assert_eq!(kinds(&ev).iter().filter(|k| k.starts_with("rejected")).count(), 1, "{:?}", kinds(&ev));
+        assert!(!ev.iter().any(|e| matches!(e, Event::Failed { .. })));
+        let single = ev.iter().find_map(|e| match e {
+            Event::Complete { single: Some(b), .. } => Some(b.to_vec()),
+            _ => None,
+        });
+        assert_eq!(single, Some(data));
     }
 }

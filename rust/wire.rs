@@ -61,14 +61,19 @@ impl<'a> Chunk<'a> {
     pub fn verify_hash(&self) -> Result<()> {
         let digest = Sha512::digest(self.data);
         if digest.as_slice() != self.chunk_hash.as_slice() {
-            return Err(Error::ChunkHash {
-                filename: self.filename.to_owned(),
-                chunk_i: self.chunk_i,
-                n_total_chunks: self.n_total_chunks,
-                len: self.data.len(),
-            });
+            return Err(self.hash_error());
         }
         Ok(())
+    }
+
+    /// The error of a chunk whose data does not match its hash.
+    pub fn hash_error(&self) -> Error {
+        Error::ChunkHash {
+            filename: self.filename.to_owned(),
+            chunk_i: self.chunk_i,
+            n_total_chunks: self.n_total_chunks,
+            len: self.data.len(),
+        }
     }
 }
 
