@@ -91,7 +91,8 @@ def test_crafted_small_messages_cannot_fill_memory_or_fail_a_real_file(
     assert committed_offsets(kafka_bootstrap, topic, group).get(0, 0) < n
     assert run.quit() == 0
     err = run.stderr()
-    assert "Failed" not in err and "cannot be reassembled" not in err
+    assert "Failed to transfer" not in err and "cannot be reassembled" not in err
+    assert "Failed (0): none" in err  # the check listing: no failed file
     assert list_objects(s3_client, bucket) == {f"{topic}/real.bin": len(real)}
 
 

@@ -6,8 +6,11 @@ literal ``%`` is written ``%%``; keys are lowercased) with these sections:
 * ``[broker]``: Kafka settings shared by producers and consumers (merged into both);
 * ``[producer]`` and ``[consumer]``: confluent-kafka / librdkafka settings;
 * ``[s3]``: ``access_key_id``, ``secret_key_id``, ``endpoint_url`` and ``region``;
-* anything else (``[heartbeat]``, ``[log]``, ``[kafkacrypto]``...) is kept by name
-  but not used.
+* ``[heartbeat]`` and ``[log]``: settings of the producer for the heartbeat and
+  log topics, used when they set ``prefer.separate.producer`` (see
+  :mod:`s3transfer_stream.heartbeats`); ``[log]`` may also set
+  ``max.logs.per.message`` and ``log.level``;
+* anything else (``[kafkacrypto]``...) is kept by name but not used.
 
 A value that starts with ``$`` names environment variables (``$X``, ``${X}``,
 ``$X/suffix``) and is expanded; an unset variable is an error that names the
@@ -51,6 +54,7 @@ UPSTREAM_CONFIG_DIR_ENV = "OPENMSISTREAM_CONFIG_FILE_DIR"
 PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "config_files"
 
 _KAFKA_SECTIONS = ("broker", "producer", "consumer")
+_SIDE_SECTIONS = ("heartbeat", "log")
 _S3_KEYS = ("access_key_id", "secret_key_id", "endpoint_url", "region")
 _CREATE_NEW = "create_new"
 
@@ -204,6 +208,9 @@ class TransferConfig:
     sections: frozenset[str]
     notes: tuple[str, ...] = ()
     fresh_group_id: str = field(default="", repr=False, compare=False)
+    #: ``[heartbeat]`` and ``[log]`` (expanded; no node_id, no serializer keys).
+    heartbeat: dict[str, str] = field(default_factory=dict, repr=False)
+    log: dict[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if not self.fresh_group_id:
@@ -213,7 +220,8 @@ class TransferConfig:
         return (
             f"TransferConfig(path={self.path!r}, broker={_redacted(self.broker)!r}, "
             f"producer={_redacted(self.producer)!r}, consumer={_redacted(self.consumer)!r}, "
-            f"s3={self.s3!r}, sections={sorted(self.sections)!r})"
+            f"s3={self.s3!r}, heartbeat={_redacted(self.heartbeat)!r}, "
+            f"log={_redacted(self.log)!r}, sections={sorted(self.sections)!r})"
         )
 
     def producer_settings(self) -> dict[str, str]:
@@ -345,6 +353,22 @@ def _kafka_settings(
     return merged
 
 
+def _side_settings(parser: configparser.ConfigParser, source: Path, section: str) -> dict[str, str]:
+    """``[heartbeat]`` or ``[log]``: checked strictly (an unset variable is an
+    error); serializer keys may only name StringSerializer (the messages are text)."""
+    values = _section(parser, source, section)
+    for key in ("key.serializer", "value.serializer"):
+        value = values.pop(key, None)
+        if value is not None and value.strip() != "StringSerializer":
+            shown = value if value.strip() in _SERDE_NAMES else "an unsupported value"
+            raise ConfigError(
+                f"{source}: [{section}] {key} is {shown}; only StringSerializer is supported "
+                "there (heartbeat and log messages are JSON text)"
+            )
+    values.pop("node_id", None)
+    return values
+
+
 def _read(source: Path) -> configparser.ConfigParser:
     parser = configparser.ConfigParser()
     try:
@@ -417,6 +441,10 @@ def load_config(name_or_path: str, *, require: Sequence[str] = ()) -> TransferCo
                 raise
             notes.append(f"[s3] not loaded (not needed here): {exc}")
 
+    side: dict[str, dict[str, str]] = {}
+    for section in _SIDE_SECTIONS:
+        side[section] = _side_settings(parser, source, section) if section in sections else {}
+
     return TransferConfig(
         path=source,
         broker=broker_for_clients,
@@ -426,4 +454,6 @@ def load_config(name_or_path: str, *, require: Sequence[str] = ()) -> TransferCo
         sections=sections,
         notes=tuple(notes),
         fresh_group_id=fresh_group_id,
+        heartbeat=side["heartbeat"],
+        log=side["log"],
     )

@@ -26,18 +26,20 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from .errors import ConfigError
-from .logs import get_logger
+from .logs import get_logger, log_format
 
 __all__ = [
     "CHUNK_MESSAGE_OVERHEAD",
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_QUEUE_KBYTES",
     "StreamProducer",
+    "client_log_settings",
     "create_topic",
     "delete_topic",
     "describe_kafka_error",
     "file_partition",
     "make_producer",
+    "make_side_producer",
     "partition_count",
     "redact",
 ]
@@ -129,6 +131,13 @@ class _LibrdkafkaLog:
         self._logger.debug(msg, *args)
 
 
+def client_log_settings() -> dict[str, Any]:
+    """Settings that send librdkafka's own log lines to our logger (DEBUG) instead of
+    raw ``%3|...`` lines on stderr, when the logs are JSON (``--log_format json``),
+    so that every line stays one JSON object; empty in the text format."""
+    return {"logger": _LibrdkafkaLog(None)} if log_format() == "json" else {}
+
+
 def _int_setting(settings: Mapping[str, Any], key: str) -> int | None:
     value = settings.get(key)
     if value is None:
@@ -206,6 +215,42 @@ def make_producer(
         ) from None
     producer.bootstrap_servers = str(full["bootstrap.servers"])
     return producer
+
+
+#: Bounds of a side producer's local queue (heartbeats and log lines are small and
+#: few; while the broker is away, what does not fit is dropped, not kept).
+SIDE_QUEUE_KBYTES = 16 * 1024
+SIDE_QUEUE_MESSAGES = 1000
+
+
+def make_side_producer(
+    settings: Mapping[str, Any],
+    *,
+    error_cb: Any = None,
+    logger: logging.Logger | None = None,
+) -> Producer:
+    """A small producer for heartbeats and log lines (not chunk messages), with
+    a bounded queue (:data:`SIDE_QUEUE_KBYTES`, :data:`SIDE_QUEUE_MESSAGES`) and a
+    one-minute delivery timeout unless ``settings`` say otherwise. ``error_cb``
+    gets client-level errors (broker down, ...); librdkafka's log lines go to
+    ``logger`` at DEBUG level. Raises :class:`ConfigError` for a bad setting."""
+    full: dict[str, Any] = {str(k): v for k, v in settings.items()}
+    if not str(full.get("bootstrap.servers", "")).strip():
+        raise ConfigError("no bootstrap.servers for the heartbeat/log producer in the config file")
+    full.setdefault("queue.buffering.max.kbytes", str(SIDE_QUEUE_KBYTES))
+    full.setdefault("queue.buffering.max.messages", str(SIDE_QUEUE_MESSAGES))
+    full.setdefault("message.timeout.ms", "60000")
+    full.setdefault("linger.ms", "100")
+    if error_cb is not None:
+        full["error_cb"] = error_cb
+    full.setdefault("logger", _LibrdkafkaLog(logger))
+    try:
+        return Producer(full)
+    except (KafkaException, ValueError, TypeError) as exc:
+        raise ConfigError(
+            f"bad Kafka settings for the heartbeat/log producer: "
+            f"{redact(describe_kafka_error(exc), full)}"
+        ) from None
 
 
 def _bootstrap_of(client: Any, bootstrap: str | None) -> str:

@@ -17,8 +17,9 @@ from typing import NoReturn
 from ..config import TransferConfig, load_config
 from ..errors import ConfigError
 from ..health import HealthServer
+from ..heartbeats import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_LOG_INTERVAL, HeartbeatOptions
 from ..kafka import DEFAULT_CHUNK_SIZE
-from ..logs import parse_level, setup_logging
+from ..logs import LOG_FORMATS, parse_level, setup_logging
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -30,6 +31,7 @@ __all__ = [
     "ArgumentParser",
     "add_chunk_size_arg",
     "add_config_arg",
+    "add_heartbeat_args",
     "add_logger_args",
     "add_metrics_args",
     "add_n_threads_arg",
@@ -38,12 +40,14 @@ __all__ = [
     "existing_dir",
     "existing_file",
     "fail",
+    "heartbeat_options",
     "load_producer_config",
     "log_config_notes",
     "logs_dir_from",
     "non_negative_float",
     "open_health_server",
     "port_number",
+    "positive_float",
     "positive_int",
     "regex",
     "setup_program_logging",
@@ -114,6 +118,16 @@ def non_negative_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"{text} is not a number >= 0")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a number > 0")
     return value
 
 
@@ -246,6 +260,67 @@ def add_logger_args(parser: argparse.ArgumentParser, file_note: str) -> None:
             f"directory holding that path (the file is <program>.log there). {file_note}"
         ),
     )
+    parser.add_argument(
+        "--log_format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="format of the log lines on stderr and in the log file: 'text' "
+        "(OpenMSIStream's '[<program> <time>] message' lines) or 'json' (one JSON object "
+        "per line: time, level, program, message and fields such as file, key, partition)",
+    )
+
+
+def add_heartbeat_args(parser: argparse.ArgumentParser) -> None:
+    """OpenMSIStream's six heartbeat and log-topic options."""
+    parser.add_argument(
+        "--heartbeat_topic_name",
+        default=None,
+        help="send a heartbeat message (JSON: timestamp and counts since the previous one) "
+        "to this topic at start, every --heartbeat_interval_secs and at shutdown; "
+        "without it no heartbeats are sent",
+    )
+    parser.add_argument(
+        "--heartbeat_program_id",
+        default=None,
+        help="the id in the heartbeat messages' key (<id>_heartbeat); default: a hex "
+        "number that changes with every run",
+    )
+    parser.add_argument(
+        "--heartbeat_interval_secs",
+        type=positive_float,
+        default=DEFAULT_HEARTBEAT_INTERVAL,
+        help="seconds between two heartbeats",
+    )
+    parser.add_argument(
+        "--log_topic_name",
+        default=None,
+        help="send the program's log lines (JSON: timestamp and the lines logged since "
+        "the previous message) to this topic at start, every --log_interval_secs and at "
+        "shutdown; without it nothing is sent",
+    )
+    parser.add_argument(
+        "--log_program_id",
+        default=None,
+        help="the id in the log messages' key (<id>_log); default: a hex number that "
+        "changes with every run",
+    )
+    parser.add_argument(
+        "--log_interval_secs",
+        type=positive_float,
+        default=DEFAULT_LOG_INTERVAL,
+        help="seconds between two log messages",
+    )
+
+
+def heartbeat_options(args: argparse.Namespace) -> HeartbeatOptions:
+    return HeartbeatOptions(
+        heartbeat_topic=args.heartbeat_topic_name or None,
+        heartbeat_program_id=args.heartbeat_program_id or None,
+        heartbeat_interval=args.heartbeat_interval_secs,
+        log_topic=args.log_topic_name or None,
+        log_program_id=args.log_program_id or None,
+        log_interval=args.log_interval_secs,
+    )
 
 
 def add_metrics_args(parser: argparse.ArgumentParser) -> None:
@@ -299,6 +374,7 @@ def setup_program_logging(
         logs_dir,
         stream_level=args.logger_stream_level,
         file_level=args.logger_file_level,
+        log_format=getattr(args, "log_format", "text"),
     )
 
 

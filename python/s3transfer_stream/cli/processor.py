@@ -18,7 +18,8 @@ from ..config import load_config
 from ..console import Console
 from ..errors import ConfigError, S3TransferStreamError, TransferError
 from ..health import BrokerProbe
-from ..kafka import partition_count
+from ..heartbeats import ConsumedBytes, Heartbeats, processor_counts
+from ..kafka import client_log_settings, partition_count
 from ..metrics import ProcessorMetrics, processor_health, processor_ready
 from ..processor import MiB, ProcessorOptions, S3TransferStreamProcessor, member_id
 from ..s3 import VALIDATE_CHOICES, ObjectStore, check_bucket, make_client
@@ -27,9 +28,11 @@ from .common import (
     EXIT_USAGE,
     ArgumentParser,
     add_config_arg,
+    add_heartbeat_args,
     add_logger_args,
     add_metrics_args,
     fail,
+    heartbeat_options,
     non_negative_float,
     open_health_server,
     positive_int,
@@ -175,17 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_logger_args(p, "Default: <output_dir>/LOGS.")
     add_metrics_args(p)
-    for name in (
-        "--heartbeat_topic_name",
-        "--heartbeat_program_id",
-        "--log_topic_name",
-        "--log_program_id",
-    ):
-        p.add_argument(name, default=None, help="not supported yet; giving it is an error")
-    for name, default in (("--heartbeat_interval_secs", 900), ("--log_interval_secs", 60)):
-        p.add_argument(
-            name, type=int, default=default, help="not supported yet (heartbeats and log topics)"
-        )
+    add_heartbeat_args(p)
     p.add_argument(
         "--treat_undecryptable_as_plaintext",
         action="store_true",
@@ -204,22 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from_args(args: argparse.Namespace) -> ProcessorOptions:
-    unsupported = [
-        name
-        for name in (
-            "heartbeat_topic_name",
-            "heartbeat_program_id",
-            "log_topic_name",
-            "log_program_id",
-        )
-        if getattr(args, name)
-    ]
     if args.treat_undecryptable_as_plaintext:
-        unsupported.append("treat_undecryptable_as_plaintext")
-    if unsupported:
         raise ConfigError(
-            "these OpenMSIStream options are not supported by s3transfer-stream: "
-            + ", ".join(f"--{n}" for n in unsupported)
+            "this OpenMSIStream option is not supported by s3transfer-stream: "
+            "--treat_undecryptable_as_plaintext"
         )
     if args.part_size < 5:
         raise ConfigError(f"--part_size {args.part_size} is below S3's minimum part size of 5 MiB")
@@ -270,7 +251,7 @@ def main(argv: list[str] | None = None, *, stdin: TextIO | None = None) -> int:
         assert config.s3 is not None
         client = make_client(config.s3, max_connections=options.max_parts_in_flight + 8)
         check_bucket(client, options.bucket)
-        admin = AdminClient(dict(config.broker))
+        admin = AdminClient({**config.broker, **client_log_settings()})
         partition_count(admin, options.topic, bootstrap=config.broker.get("bootstrap.servers"))
         server = open_health_server(args)
     except ConfigError as err:
@@ -285,12 +266,29 @@ def main(argv: list[str] | None = None, *, stdin: TextIO | None = None) -> int:
         member=member_id(),
     )
     metrics = ProcessorMetrics() if server is not None else None
+    beats = heartbeat_options(args)
+    consumed = ConsumedBytes(metrics) if beats.enabled else None
+    heartbeats: Heartbeats | None = None
     try:
-        processor = S3TransferStreamProcessor(config, options, store, metrics=metrics)
+        processor = S3TransferStreamProcessor(config, options, store, metrics=consumed or metrics)
+        if consumed is not None:
+            heartbeats = Heartbeats(
+                PROGRAM,
+                config,
+                beats,
+                processor_counts(processor.stats, consumed),
+                program_settings={**config.broker, **config.producer},
+            )
+    except ConfigError as err:
+        if server is not None:
+            server.close()
+        return fail(log, str(err), EXIT_USAGE)
     except S3TransferStreamError as err:
         if server is not None:
             server.close()
         return fail(log, str(err), EXIT_FAILED)
+    if heartbeats is not None:
+        heartbeats.start()
     if server is not None and metrics is not None:
         broker = BrokerProbe(config.broker, options.topic)
         metrics.watch(processor, broker)
@@ -313,6 +311,8 @@ def main(argv: list[str] | None = None, *, stdin: TextIO | None = None) -> int:
         console.run_until_stopped(tick=watch)
     finally:
         processor.shutdown()
+        if heartbeats is not None:
+            heartbeats.stop()
         console.restore_signals()
         if server is not None:
             server.close()

@@ -9,9 +9,11 @@ from collections.abc import Sequence
 from ..console import Console
 from ..errors import ConfigError
 from ..health import BrokerProbe, HealthServer
+from ..heartbeats import Heartbeats, directory_uploader_counts
 from ..kafka import make_producer, partition_count
 from ..metrics import DirectoryUploaderMetrics, directory_uploader_health, producer_ready
 from ..producer import LOGS_SUBDIR, DirectoryUploader
+from ..progress import StatusLine
 from ..registry import RegistryError
 from . import common
 
@@ -44,16 +46,10 @@ Exit status: 0 after a clean stop, 1 if some file failed in this run, 2 for a us
 or config error (missing directory, bad config, missing topic, unreachable broker)."""
 
 # OpenMSIStream options this program accepts so that existing command lines and
-# service units keep working, but does not use (heartbeats, logs to Kafka, decryption).
+# service units keep working, but does not use (consuming, decryption).
 _IGNORED_OPTIONS: tuple[tuple[str, type | None], ...] = (
     ("--consumer_topic_name", str),
     ("--consumer_group_id", str),
-    ("--heartbeat_topic_name", str),
-    ("--heartbeat_program_id", str),
-    ("--heartbeat_interval_secs", float),
-    ("--log_topic_name", str),
-    ("--log_program_id", str),
-    ("--log_interval_secs", float),
     ("--max_wait_per_decrypt", float),
     ("--max_initial_wait_per_decrypt", float),
     ("--treat_undecryptable_as_plaintext", None),
@@ -120,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser, f"Without it the log file is upload_dir/{LOGS_SUBDIR}/{PROG}.log."
     )
     common.add_metrics_args(parser)
+    common.add_heartbeat_args(parser)
     ignored = parser.add_argument_group(
         "accepted for compatibility with OpenMSIStream and ignored (a warning is logged)"
     )
@@ -169,6 +166,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             use_polling_observer=args.use_polling_observer,
             n_threads=args.n_threads,
         )
+        beats = common.heartbeat_options(args)
+        heartbeats = (
+            Heartbeats(
+                PROG,
+                config,
+                beats,
+                directory_uploader_counts(uploader),
+                program_settings=config.producer,
+            )
+            if beats.enabled
+            else None
+        )
     except (ConfigError, RegistryError, OSError) as exc:
         if server is not None:
             server.close()
@@ -191,15 +200,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info(f"Metrics at {server.url}/metrics, health checks at /healthz and /ready")
     console = Console(uploader.check, alive_seconds=args.update_seconds)
     console.start()
+    status_line = StatusLine(uploader.counts, log=log)
     try:
         uploader.start()
+        if heartbeats is not None:
+            heartbeats.start()
         log.info(
             f"Listening for files {'in/' if args.upload_existing else ''}added to "
             f"{upload_dir}; type 'check' for counts, 'quit' to stop"
         )
+        status_line.start()
         console.run_until_stopped(None, 0.2)
     finally:
+        status_line.close()
         status = uploader.stop()
+        if heartbeats is not None:
+            heartbeats.stop()
         console.restore_signals()
         if server is not None:
             server.close()

@@ -10,9 +10,11 @@ from typing import Any
 from .. import _core
 from ..errors import ConfigError, TransferError
 from ..health import BrokerProbe, Check
+from ..heartbeats import DeliveryCounter, Heartbeats
 from ..kafka import make_producer, partition_count
 from ..metrics import ProducerMetrics, producer_ready
 from ..producer import send_file
+from ..progress import FileProgress
 from . import common
 
 PROG = "UploadDataFile"
@@ -44,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_logger_args(parser, "Without it there is no log file.")
     common.add_metrics_args(parser)
+    common.add_heartbeat_args(parser)
     return parser
 
 
@@ -52,6 +55,15 @@ def _mb_per_s(size: int, seconds: float) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    running: list[Heartbeats] = []
+    try:
+        return _run(argv, running)
+    finally:
+        for heartbeats in running:  # after the last line is logged: it goes out too
+            heartbeats.stop()
+
+
+def _run(argv: Sequence[str] | None, running: list[Heartbeats]) -> int:
     args = build_parser().parse_args(argv)
     log: logging.Logger | None = None
     try:
@@ -71,14 +83,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     chunker: Any = None
     on_delivery: Callable[[int, Any], None] | None = None
     metrics: ProducerMetrics | None = None
-    if server is not None:
-        try:
-            chunker = _core.FileChunker(path, args.chunk_size)
-        except OSError as exc:
+    try:
+        if path.stat().st_size >= 100_000_000:  # a few seconds, or minutes, without output
+            log.info(f"Reading {path.name} ({path.stat().st_size} bytes) to compute its SHA-512")
+        chunker = _core.FileChunker(path, args.chunk_size)
+    except OSError as exc:
+        if server is not None:
             server.close()
-            return common.fail(
-                log, f"cannot read {path}: {exc.strerror or exc}", common.EXIT_FAILED
-            )
+        return common.fail(log, f"cannot read {path}: {exc.strerror or exc}", common.EXIT_FAILED)
+    if server is not None:
         metrics = ProducerMetrics(topic)
         on_delivery = metrics.delivery_hook(chunker.size, chunker.n_chunks, args.chunk_size)
         broker = BrokerProbe(config.broker, topic)
@@ -88,10 +101,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             ready=lambda: producer_ready(broker),
         )
         log.info(f"Metrics at {server.url}/metrics, health checks at /healthz and /ready")
+    heartbeats: Heartbeats | None = None
+    if common.heartbeat_options(args).enabled:
+        sent = DeliveryCounter(chunker.size, chunker.n_chunks, args.chunk_size)
+        on_delivery = sent.hook(on_delivery)
+        try:
+            heartbeats = Heartbeats(
+                PROG,
+                config,
+                common.heartbeat_options(args),
+                sent.counts,
+                program_settings=config.producer,
+            )
+        except ConfigError as exc:
+            if server is not None:
+                server.close()
+            return common.fail(log, str(exc), common.EXIT_USAGE)
+        heartbeats.start()
+        running.append(heartbeats)
     log.info(
         f"Sending {path} to the {topic} topic as {args.chunk_size}-byte chunks using "
         f"{args.n_threads} thread(s)"
     )
+    progress = FileProgress(path.name, chunker.size, chunker.n_chunks, args.chunk_size, log=log)
+    progress.start()
     try:
         result = send_file(
             producer,
@@ -102,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             n_partitions=n_partitions,
             n_threads=args.n_threads,
             wait=True,
-            on_delivery=on_delivery,
+            on_delivery=progress.hook(on_delivery),
             chunker=chunker,
         )
     except TransferError as exc:
@@ -113,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         producer.flush(5)
         return 130
     finally:
+        progress.close()
         if server is not None:
             server.close()
     if not result.complete:
@@ -126,7 +160,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info(
         f"Sent {path.name} ({result.size} bytes, {result.n_chunks} chunk(s)) to partition "
         f"{result.partition} of the {topic} topic in {result.seconds:.2f} s "
-        f"({_mb_per_s(result.size, result.seconds)})"
+        f"({_mb_per_s(result.size, result.seconds)})",
+        extra={
+            "file": result.rel_path,
+            "topic": topic,
+            "partition": result.partition,
+            "size": result.size,
+            "chunks": result.n_chunks,
+        },
     )
     return common.EXIT_OK
 

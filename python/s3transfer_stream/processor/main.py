@@ -22,8 +22,9 @@ from confluent_kafka.admin import AdminClient
 from ..config import TransferConfig
 from ..errors import TransferError
 from ..journal import TransferJournal
+from ..kafka import client_log_settings
 from ..logs import get_logger
-from ..metrics import NO_METRICS, ProcessorMetrics
+from ..metrics import NO_METRICS, ProcessorHooks
 from ..registry import PRIVATE_PREFIX, StreamRegistry, private_name_token
 from ..s3 import ObjectStore
 from ..stale_uploads import OpenUploads
@@ -44,7 +45,7 @@ class S3TransferStreamProcessor:
         store: ObjectStore,
         *,
         consumer_factory: Callable[[dict[str, Any]], Any] = Consumer,
-        metrics: ProcessorMetrics | None = None,
+        metrics: ProcessorHooks | None = None,
     ) -> None:
         self.config = config
         self.options = options
@@ -62,7 +63,7 @@ class S3TransferStreamProcessor:
             log=self.log,
         )
         self.stop = threading.Event()
-        #: Prometheus metrics (``--metrics_port``); None: off.
+        #: Prometheus metrics (``--metrics_port``) and heartbeat counts; None: off.
         self.metrics = metrics
         self.uploader = Uploader(
             options=options,
@@ -110,6 +111,7 @@ class S3TransferStreamProcessor:
             dict(self.config.consumer_settings(o.group_id)), self.log
         )
         settings["error_cb"] = self._on_kafka_error
+        settings.update(client_log_settings())
         for i in range(o.n_threads):
             loop = ConsumerLoop(
                 i,
@@ -136,7 +138,7 @@ class S3TransferStreamProcessor:
         """Kafka's id of the topic, which tells a re-created topic from the old one."""
         topic = self.options.topic
         try:
-            admin = AdminClient(dict(self.config.broker))
+            admin = AdminClient({**self.config.broker, **client_log_settings()})
             return str(
                 admin.describe_topics(TopicCollection([topic]))[topic].result(timeout=30).topic_id
             )
@@ -219,6 +221,8 @@ class S3TransferStreamProcessor:
         self.monitor.check()
 
     def on_check(self) -> None:
+        from ..registry import ABANDONED, FAILED, MISMATCHED_HASH
+
         s = self.stats
         self.log.info(
             f"{s.messages_read} messages read, {s.messages_processed} messages processed, "
@@ -226,22 +230,60 @@ class S3TransferStreamProcessor:
             f"{s.files_abandoned} abandoned); {self.uploader.health.describe()}; "
             f"{self.ledger.buffered_bytes} bytes buffered for reassembly"
         )
-        held = self.uploader.held
-        for pr in self.ledger.progress()[:100]:
+        held = dict(self.uploader.held)
+        uploads = {fu.info.instance: fu for fu in self.uploader.uploads()}
+        lists: dict[str, dict[str, str]] = {
+            "Held": {},
+            "Failed": {},
+            "Waiting for chunks": {},
+            "Abandoned": {},
+        }
+        lines: list[str] = []
+        for pr in self.ledger.progress():
             f = pr.file
+            name = f.rel_output_path
+            # Bytes received: the parts already handed to S3 plus what is buffered
+            # (about: a part handed over stays buffered until the hash passes it).
+            fu = uploads.get(f.instance)
+            n_parts = len(fu.parts) if fu is not None else 0
+            received = (
+                f"about {n_parts * self.options.part_size + pr.buffered} bytes received "
+                f"({n_parts} part(s) handed to S3, {pr.buffered} bytes buffered), "
+                f"last chunk {pr.idle_seconds:.0f} s ago"
+            )
             if f.instance in held:
                 state = f"held: {held[f.instance][1]}"
+                lists["Held"][name] = held[f.instance][1]
             elif f.instance in self.monitor.waiting:
-                state = f"waiting for chunks: {pr.chunks}/{f.n_chunks} chunks"
+                state = f"waiting for chunks: {pr.chunks}/{f.n_chunks} chunks, {received}"
+                lists["Waiting for chunks"][name] = f"{pr.chunks}/{f.n_chunks} chunks"
             elif pr.state == "receiving":
-                state = (
-                    f"in progress: {pr.chunks}/{f.n_chunks} chunks, {pr.buffered} bytes buffered"
-                )
+                state = f"in progress: {pr.chunks}/{f.n_chunks} chunks, {received}"
+            elif pr.state == "failed":
+                state = "failed: being recorded"
+                lists["Failed"][name] = "being recorded"
             else:
-                state = pr.state
-            self.log.info(f"\t{f.rel_output_path} ({state}; partitions {sorted(pr.partitions)})")
-        for p in self.uploader.abandoned[-10:]:
-            self.log.info(f"\t{p} (abandoned)")
+                state = f"{pr.state}: all {f.n_chunks} chunks received"
+            lines.append(f"\t{name} ({state}; partitions {sorted(pr.partitions)})")
+        self.log.info(f"{len(lines)} file(s) in progress" + (":" if lines else ""))
+        for line in lines[:100]:
+            self.log.info(line)
+        if len(lines) > 100:
+            self.log.info(f"\t... and {len(lines) - 100} more")
+        for name in self.uploader.abandoned:
+            lists["Abandoned"][name] = "in this run"
+        for row in self.registry.in_progress_rows():
+            rel = row.rel_filepath.as_posix()
+            if row.status in (FAILED, MISMATCHED_HASH) and rel not in lists["Held"]:
+                lists["Failed"].setdefault(rel, f"registry: {row.status}")
+            elif row.status == ABANDONED:
+                lists["Abandoned"].setdefault(rel, "registry")
+        for title, files in lists.items():
+            shown = "; ".join(f"{n} ({why})" for n, why in list(files.items())[:20])
+            more = f"; ... and {len(files) - 20} more" if len(files) > 20 else ""
+            self.log.info(f"{title} ({len(files)}): {shown or 'none'}{more}")
+        if s.recent:
+            self.log.info(f"Last {min(len(s.recent), 10)} file(s) transferred:")
         for p in s.recent[-10:]:
             self.log.info(f"\t{p} (completed)")
 
