@@ -584,6 +584,9 @@ impl Assembler {
             }
             let d = match value {
                 Some(v) => self.add_checked(*pos, v, checked.get(i).copied().flatten(), out),
+                // A tombstone in a done range was accounted for (and reported) by an
+                // earlier reader: it is only being read again.
+                None if self.is_done(*pos) => Disposition::Duplicate,
                 None => {
                     out.push(Event::Rejected {
                         position: *pos,
@@ -629,6 +632,11 @@ impl Assembler {
         self.add_checked(pos, message, None, out)
     }
 
+    fn is_done(&self, pos: Position) -> bool {
+        pos.offset >= 0
+            && lock(&self.partitions).get(&pos.partition).is_some_and(|s| s.done.contains(stored(pos.offset)))
+    }
+
     /// `add`, with the chunk hash already checked (`Some(matches)`) or not (`None`).
     fn add_checked(
         &self,
@@ -637,11 +645,8 @@ impl Assembler {
         hash_ok: Option<bool>,
         out: &mut Vec<Event>,
     ) -> Disposition {
-        if pos.offset >= 0 {
-            let ps = lock(&self.partitions);
-            if ps.get(&pos.partition).is_some_and(|s| s.done.contains(stored(pos.offset))) {
-                return Disposition::Duplicate;
-            }
+        if self.is_done(pos) {
+            return Disposition::Duplicate;
         }
         let decoded = match hash_ok {
             None => wire::decode(message),
@@ -2132,5 +2137,18 @@ mod tests {
             _ => None,
         });
         assert_eq!(single, Some(data));
+    }
+
+    #[test]
+    fn a_tombstone_read_again_in_a_done_range_is_not_reported_again() {
+        let asm = Assembler::with_any_part_size(1000);
+        let mut ev = Vec::new();
+        let tomb = [(Position { partition: 0, offset: 7 }, None)];
+        assert_eq!(asm.add_batch(&tomb, 0, &mut ev).0, vec![Disposition::Rejected]);
+        assert_eq!(ev.len(), 1);
+        asm.skip_offsets(0, &[(7, 8)]);
+        let mut ev = Vec::new();
+        assert_eq!(asm.add_batch(&tomb, 0, &mut ev).0, vec![Disposition::Duplicate]);
+        assert!(ev.is_empty());
     }
 }

@@ -41,18 +41,7 @@ class Ledger:
         process by a rebalance whose callbacks each thread runs in its own time,
         so the old reader may hear it lost a partition after the new one began
         reading it, and must then change nothing there."""
-        events, n_stored, deferred = self.core.feed(list(messages), reader)
-        if any(e.kind == "rejected" for e in events):
-            # A message without a value (a tombstone) is rejected before the assembler
-            # looks at the done offsets: one in a done range was accounted for by an
-            # earlier reader (logged and counted then) and is only being read again.
-            events = [
-                e
-                for e in events
-                if not isinstance(e, _core.MessageRejected)
-                or self.core.skip_end(e.partition, e.offset) is None
-            ]
-        return events, n_stored, deferred
+        return self.core.feed(list(messages), reader)
 
     def settle(self, instance: int) -> bool:
         settled = self.core.settle(instance)
