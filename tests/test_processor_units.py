@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 import time
 from pathlib import Path
@@ -394,3 +395,45 @@ def test_a_multipart_upload_started_for_a_file_dropped_meanwhile_is_aborted(part
     gate.set()
     wait_until(lambda: aborted == [("t/big.bin", "U1")])
     assert ledger.pinned_offsets() == {}
+
+
+def test_download_regex_selects_files_by_their_relative_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenMSIStream's --download_regex: only files whose relative path matches
+    (re.match) are transferred; the others are read and not uploaded."""
+    monkeypatch.setattr(uploads_module, "FIRST_DELAY", 0.01)
+    options = ProcessorOptions(
+        bucket="b",
+        topic="t",
+        group_id="g",
+        output_dir=tmp_path,
+        download_regex=re.compile(r".*\.dat$"),
+    )
+    store = FakeStore()
+    ledger = Ledger(5 << 20, 64 << 20)
+    journal = TransferJournal(tmp_path, "t", "g")
+    registry = StreamRegistry(tmp_path, "t", "g")
+    up = Uploader(
+        options=options,
+        store=store,  # type: ignore[arg-type]
+        ledger=ledger,
+        journal=journal,
+        registry=registry,
+        stats=Stats(),
+        log=LOG,
+    )
+    try:
+        skipped = chunks("skip.bin", b"s" * 700, 300)
+        kept = chunks("keep.dat", b"k" * 700, 300)
+        ledger.assigned(0, 0, None)
+        feed = [(0, i, m) for i, m in enumerate(skipped + kept)]
+        events, _, _ = ledger.feed(feed)
+        up.handle(events)
+        wait_until(lambda: bool(registry.processed_rows()))
+        assert list(store.objects) == ["t/keep.dat"]
+        assert [row.filename for row in registry.processed_rows()] == ["keep.dat"]
+    finally:
+        up.stop(grace=5)
+        registry.close()
+        journal.close()

@@ -1,4 +1,4 @@
-"""Config files in OpenMSIStream's format (``reference/openmsistream-compat.md`` §7).
+"""Config files in OpenMSIStream's format (``docs/compatibility.md``, "Config files").
 
 A config file is a ``configparser`` INI file (default ``%`` interpolation, so a
 literal ``%`` is written ``%%``; keys are lowercased) with these sections:
@@ -16,6 +16,12 @@ A value that starts with ``$`` names environment variables (``$X``, ``${X}``,
 ``$X/suffix``) and is expanded; an unset variable is an error that names the
 variable but never shows any value. Values stay strings (confluent-kafka accepts
 them), unlike upstream, which turns ``batch.size = 2000000`` into ``2000000.0``.
+
+:data:`CONFIG_SECTIONS` and :data:`CONFIG_KEYS` list the sections and the keys this
+package itself reads or changes (the loader below takes its section names, the
+``[s3]`` keys and the accepted serializer names from them, and
+``docs/configuration.md`` is generated from them); every other key of a Kafka
+section is handed to confluent-kafka as it is.
 
 Sections listed in ``require`` are checked strictly. Other ``[producer]``,
 ``[consumer]`` and ``[s3]`` sections are loaded when they can be and otherwise
@@ -38,8 +44,12 @@ from .errors import ConfigError
 
 __all__ = [
     "CONFIG_DIR_ENV",
+    "CONFIG_KEYS",
+    "CONFIG_SECTIONS",
     "PACKAGED_CONFIG_DIR",
     "UPSTREAM_CONFIG_DIR_ENV",
+    "ConfigKey",
+    "ConfigSection",
     "S3Settings",
     "TransferConfig",
     "load_config",
@@ -53,19 +63,231 @@ UPSTREAM_CONFIG_DIR_ENV = "OPENMSISTREAM_CONFIG_FILE_DIR"
 #: The config files shipped with the package.
 PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "config_files"
 
+
+@dataclass(frozen=True)
+class ConfigSection:
+    """A section of the config file and what it is for."""
+
+    name: str
+    meaning: str
+
+
+@dataclass(frozen=True)
+class ConfigKey:
+    """A key this package reads or changes. ``default`` is what applies when the
+    file does not set it ("" when nothing does); ``only`` is the one value accepted,
+    if any."""
+
+    section: str
+    key: str
+    meaning: str
+    required: bool = False
+    default: str = ""
+    only: str = ""
+
+
+#: The sections of a config file, in the order they are documented.
+CONFIG_SECTIONS: tuple[ConfigSection, ...] = (
+    ConfigSection(
+        "broker",
+        "Kafka settings shared by every client (merged under [producer] and [consumer], "
+        "whose own keys win; also used by the admin clients and the heartbeat/log producer). "
+        "Always checked strictly.",
+    ),
+    ConfigSection(
+        "producer",
+        "confluent-kafka / librdkafka producer settings for UploadDataFile and "
+        "DataFileUploadDirectory (required by both); any librdkafka key is passed on.",
+    ),
+    ConfigSection(
+        "consumer",
+        "confluent-kafka / librdkafka consumer settings for S3TransferStreamProcessor "
+        "(required by it); any librdkafka key is passed on, except the ones below that it "
+        "sets itself.",
+    ),
+    ConfigSection(
+        "s3",
+        "How to reach the S3 server (required by S3TransferStreamProcessor; the bucket is "
+        "the command line's bucket_name).",
+    ),
+    ConfigSection(
+        "heartbeat",
+        "Producer settings for the heartbeat topic, used only with "
+        "prefer.separate.producer = true (otherwise heartbeats use [broker] + [producer]).",
+    ),
+    ConfigSection(
+        "log",
+        "Producer settings for the log topic, as [heartbeat]; plus two keys for the log buffer.",
+    ),
+    ConfigSection(
+        "kafkacrypto",
+        "OpenMSIStream's encryption settings: not supported; the section is ignored with a "
+        "warning (messages are neither encrypted nor decrypted). Any other section is ignored.",
+    ),
+)
+
 _KAFKA_SECTIONS = ("broker", "producer", "consumer")
 _SIDE_SECTIONS = ("heartbeat", "log")
-_S3_KEYS = ("access_key_id", "secret_key_id", "endpoint_url", "region")
+
+#: The keys this package reads or changes itself.
+CONFIG_KEYS: tuple[ConfigKey, ...] = (
+    *(
+        ConfigKey(section, "node_id", "OpenMSIStream's KafkaCrypto node id: dropped, unused")
+        for section in (*_KAFKA_SECTIONS, *_SIDE_SECTIONS)
+    ),
+    ConfigKey(
+        "broker",
+        "bootstrap.servers",
+        "the Kafka brokers (host:port, comma separated); UploadDataFile and "
+        "DataFileUploadDirectory stop with a config error without it in [broker] or [producer]",
+    ),
+    ConfigKey(
+        "producer",
+        "key.serializer",
+        "checked, then removed (we encode the message keys ourselves)",
+        only="StringSerializer",
+    ),
+    ConfigKey(
+        "producer",
+        "value.serializer",
+        "checked, then removed (we encode the chunk messages ourselves)",
+        only="DataFileChunkSerializer",
+    ),
+    ConfigKey(
+        "producer",
+        "message.max.bytes",
+        "largest message; a value below the chunk size + 65536 is a config error",
+        default="the larger of 1000000 and --chunk_size + 65536",
+    ),
+    ConfigKey(
+        "producer",
+        "queue.buffering.max.kbytes",
+        "memory bound of the messages waiting to be sent",
+        default="131072 (128 MiB); DataFileUploadDirectory: --queue_max_size",
+    ),
+    ConfigKey("producer", "linger.ms", "how long a batch is collected", default="100"),
+    ConfigKey("producer", "compression.type", "compression of the batches", default="lz4"),
+    ConfigKey(
+        "consumer",
+        "group.id",
+        "the consumer group, also part of the registry file names; 'create_new' (any case) "
+        "stands for a new UUID each run; --consumer_group_id replaces it",
+    ),
+    ConfigKey(
+        "consumer",
+        "auto.offset.reset",
+        "where a group without committed offsets starts; 'none' is removed (as OpenMSIStream does)",
+        default="earliest",
+    ),
+    ConfigKey(
+        "consumer",
+        "enable.auto.commit",
+        "always turned off (offsets are committed once files are in the bucket); a warning "
+        "unless the file sets it to False (or 0)",
+        default="false",
+    ),
+    ConfigKey(
+        "consumer",
+        "enable.auto.offset.store",
+        "always turned off (offsets are stored by the commit rule)",
+        default="false",
+    ),
+    ConfigKey(
+        "consumer",
+        "key.deserializer",
+        "checked, then removed (message keys are not used for reassembly)",
+        only="StringDeserializer",
+    ),
+    ConfigKey(
+        "consumer",
+        "value.deserializer",
+        "checked, then removed (we decode the chunk messages ourselves)",
+        only="DataFileChunkDeserializer",
+    ),
+    ConfigKey(
+        "consumer",
+        "fetch.queue.backoff.ms",
+        "back-off once the prefetch queue is full",
+        default="10",
+    ),
+    ConfigKey(
+        "consumer",
+        "queued.max.messages.kbytes",
+        "prefetch queue per consumer thread",
+        default="16384",
+    ),
+    ConfigKey(
+        "consumer",
+        "session.timeout.ms",
+        "how soon a dead member's partitions move on (classic protocol only)",
+        default="10000",
+    ),
+    ConfigKey(
+        "consumer",
+        "group.protocol",
+        "'consumer' (KIP-848): the settings the broker decides then (session.timeout.ms, "
+        "heartbeat.interval.ms, partition.assignment.strategy, ...) are dropped with a warning",
+        default="classic",
+    ),
+    ConfigKey("s3", "access_key_id", "the S3 access key id (a secret: use $NAME)", required=True),
+    ConfigKey("s3", "secret_key_id", "the S3 secret key (a secret: use $NAME)", required=True),
+    ConfigKey(
+        "s3",
+        "endpoint_url",
+        "the S3 server's URL; https:// is put in front of a value without a scheme",
+        required=True,
+    ),
+    ConfigKey("s3", "region", "the S3 region name", required=True),
+    *(
+        entry
+        for section in _SIDE_SECTIONS
+        for entry in (
+            ConfigKey(
+                section,
+                "prefer.separate.producer",
+                "true, 1, yes or on: this section's settings (over [broker] unless it sets "
+                "bootstrap.servers) make the producer of these messages; anything else: "
+                "[broker] + [producer] do",
+                default="false",
+            ),
+            ConfigKey(
+                section,
+                "key.serializer",
+                "checked, then removed",
+                only="StringSerializer",
+            ),
+            ConfigKey(
+                section,
+                "value.serializer",
+                "checked, then removed (the messages are JSON text)",
+                only="StringSerializer",
+            ),
+        )
+    ),
+    ConfigKey(
+        "log",
+        "max.logs.per.message",
+        "log lines kept between two log messages (older ones are dropped first)",
+        default="65536",
+    ),
+    ConfigKey(
+        "log",
+        "log.level",
+        "only lines at this level or above are sent (a level name or number)",
+        default="every line the program logs",
+    ),
+)
+
+_S3_KEYS = tuple(entry.key for entry in CONFIG_KEYS if entry.section == "s3" and entry.required)
 _CREATE_NEW = "create_new"
 
 # The (de)serializer names OpenMSIStream's config files may hold, and the one each key
 # accepts: our own code turns chunks into message bytes and back, so the setting is only
 # checked and then removed from what is handed to confluent-kafka.
 _SERDE_ALLOWED = {
-    "key.serializer": "StringSerializer",
-    "value.serializer": "DataFileChunkSerializer",
-    "key.deserializer": "StringDeserializer",
-    "value.deserializer": "DataFileChunkDeserializer",
+    entry.key: entry.only
+    for entry in CONFIG_KEYS
+    if entry.section in ("producer", "consumer") and entry.key.endswith("serializer")
 }
 _SERDE_NAMES = frozenset(
     f"{kind}{suffix}"

@@ -1,7 +1,7 @@
 """Registry CSV files: which files are in progress, failed, processed or uploaded.
 
 The tables use OpenMSIStream's ``DataclassTable`` CSV layout so that either
-program can read what the other wrote (see ``reference/openmsistream-compat.md`` §4):
+program can read what the other wrote (see ``docs/compatibility.md``, "Registry files"):
 
 * UTF-8, ``;`` as delimiter, ``"`` as quote character, minimal quoting;
 * line 1 is the field names joined by ``;`` (a Windows ``sep=;`` line before it is skipped);
