@@ -29,6 +29,11 @@ from .uploads import Uploader
 
 #: How long a partition whose message was deferred (no reassembly memory) rests.
 DEFER_PAUSE = 0.25
+#: How long the loop waits, without reading, for room in the upload backlog before
+#: it pauses its partitions. A pause costs librdkafka about a second to fetch again
+#: after the resume, far more than a burst of small files takes to upload; while
+#: the loop waits, librdkafka's own bounded queue (queued.max.messages.kbytes) fills.
+FULL_WAIT = 1.0
 #: The final commit at shutdown or revocation waits at most this long.
 FINAL_COMMIT_TIMEOUT = 10.0
 
@@ -124,6 +129,8 @@ class ConsumerLoop:
         last_commit = last_lag_check = time.monotonic()
         try:
             while not self.stop.is_set():
+                if not self.uploader.can_accept():
+                    self.uploader.wait_for_room(FULL_WAIT)
                 self._apply_pauses(consumer)
                 msgs = consumer.consume(num_messages=o.batch_size, timeout=o.poll_timeout)
                 good = []

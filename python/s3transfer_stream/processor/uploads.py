@@ -167,6 +167,8 @@ class Uploader:
         self._lock = threading.Lock()
         self._last_of_key: dict[str, FileUpload] = {}
         self._backlog = 0
+        #: Notified whenever the backlog shrinks (the consumer loops wait on it).
+        self._room = threading.Condition(self._lock)
         self._part_pool = ThreadPoolExecutor(
             options.max_parts_in_flight, thread_name_prefix="s3-part"
         )
@@ -184,6 +186,16 @@ class Uploader:
     def can_accept(self) -> bool:
         """False while the bytes handed over for upload are at the memory bound."""
         return self._backlog < self.o.max_parts_in_flight
+
+    def wait_for_room(self, timeout: float) -> bool:
+        """Waits up to ``timeout`` s until the backlog is below its bound."""
+        with self._room:
+            return self._room.wait_for(self.can_accept, timeout)
+
+    def _shrink_backlog(self) -> None:
+        with self._lock:
+            self._backlog -= 1
+            self._room.notify_all()
 
     def n_waiting(self) -> int:
         with self._lock:
@@ -259,8 +271,7 @@ class Uploader:
                 self._upload_part, fu, ev.part_number, ev.data, ev.crc64nvme
             )
         except BaseException:
-            with self._lock:
-                self._backlog -= 1
+            self._shrink_backlog()
             raise
         # Not fu.lock: a part worker holds it while starting the upload, which can
         # hang on S3; the consumer thread must never wait for S3.
@@ -388,8 +399,7 @@ class Uploader:
             return result
         finally:
             data = None  # the part's memory goes as soon as it is sent
-            with self._lock:
-                self._backlog -= 1
+            self._shrink_backlog()
 
     def _wait_turn(self, fu: FileUpload) -> None:
         """Waits until the instance of the same key that completed before this one
@@ -420,8 +430,7 @@ class Uploader:
                 )
             finally:
                 data = None
-                with self._lock:
-                    self._backlog -= 1
+                self._shrink_backlog()
             if written is None:
                 self._newer_in_bucket(fu)
                 return
