@@ -34,7 +34,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from . import _core  # type: ignore[attr-defined]
+from . import _core
 from .errors import TransferError
 from .kafka import DEFAULT_CHUNK_SIZE, describe_kafka_error, file_partition, partition_count
 from .logs import get_logger

@@ -380,7 +380,7 @@ class Uploader:
                         raise
                     except Exception as err:
                         fu.error = (
-                            f"starting the multipart upload failed: {describe_client_error(err)}"  # type: ignore[arg-type]
+                            f"starting the multipart upload failed: {describe_client_error(err)}"
                         )
                     if fu.upload_id is not None and (fu.dropped or self.stopping.is_set()):
                         # Dropped or stopping while the upload was being started (S3
@@ -438,7 +438,7 @@ class Uploader:
         except ShuttingDown:
             self.log.info(f"Stopping: {fu.info.rel_output_path} is left for the next run")
         except Exception as err:
-            self._upload_failed(fu, f"PUT failed: {describe_client_error(err)}", err)  # type: ignore[arg-type]
+            self._upload_failed(fu, f"PUT failed: {describe_client_error(err)}", err)
         finally:
             self._done_with(fu)
 
@@ -497,7 +497,7 @@ class Uploader:
             self._abort(fu)
             self._upload_failed(
                 fu,
-                f"completing the multipart upload failed: {describe_client_error(err)}",  # type: ignore[arg-type]
+                f"completing the multipart upload failed: {describe_client_error(err)}",
                 err,
             )
         finally:
@@ -550,7 +550,7 @@ class Uploader:
         try:
             listing = self.store.client.list_multipart_uploads(Bucket=self.o.bucket, Prefix=key)
         except Exception as err:
-            self.log.debug(f"Could not list open uploads of {key}: {describe_client_error(err)}")  # type: ignore[arg-type]
+            self.log.debug(f"Could not list open uploads of {key}: {describe_client_error(err)}")
             return
         own = {u.upload_id for u in self.open_uploads.open_now()} if self.open_uploads else set()
         own.add(ours)
@@ -579,7 +579,7 @@ class Uploader:
                 return
             self.log.warning(
                 f"Could not abort the multipart upload {fu.upload_id} of {fu.key}: "
-                f"{describe_client_error(err)}; the next start cleans it up"  # type: ignore[arg-type]
+                f"{describe_client_error(err)}; the next start cleans it up"
             )
 
     def _validated(self, fu: FileUpload, size: int, sent: dict[str, str], parts: int) -> None:
@@ -597,7 +597,7 @@ class Uploader:
             v = Validation(
                 False,
                 "error",
-                f"could not read back the object: {describe_client_error(err)}",  # type: ignore[arg-type]
+                f"could not read back the object: {describe_client_error(err)}",
             )
         if not v.ok:
             self._upload_failed(fu, f"validation failed: {v.text}", None)
