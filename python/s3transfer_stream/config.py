@@ -6,6 +6,9 @@ literal ``%`` is written ``%%``; keys are lowercased) with these sections:
 * ``[broker]``: Kafka settings shared by producers and consumers (merged into both);
 * ``[producer]`` and ``[consumer]``: confluent-kafka / librdkafka settings;
 * ``[s3]``: ``access_key_id``, ``secret_key_id``, ``endpoint_url`` and ``region``;
+  optionally ``ca_bundle``, a PEM file of the CA certificates an ``https://``
+  endpoint's certificate is checked against (else ``$AWS_CA_BUNDLE`` if set, else
+  the CAs botocore trusts by default; a certificate that does not verify fails);
 * ``[heartbeat]`` and ``[log]``: settings of the producer for the heartbeat and
   log topics, used when they set ``prefer.separate.producer`` (see
   :mod:`s3transfer_stream.heartbeats`); ``[log]`` may also set
@@ -238,6 +241,13 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
         required=True,
     ),
     ConfigKey("s3", "region", "the S3 region name", required=True),
+    ConfigKey(
+        "s3",
+        "ca_bundle",
+        "a PEM file of the CA certificates an https endpoint's certificate is checked "
+        "against (it must exist); a certificate that does not verify is an error",
+        default="botocore's: $AWS_CA_BUNDLE if set, else its bundled CAs",
+    ),
     *(
         entry
         for section in _SIDE_SECTIONS
@@ -371,11 +381,15 @@ class S3Settings:
     secret_key_id: str
     endpoint_url: str
     region: str
+    #: PEM file of the CAs to verify an https endpoint with ("": botocore's default,
+    #: which honours ``$AWS_CA_BUNDLE``).
+    ca_bundle: str = ""
 
     def __repr__(self) -> str:
         return (
             f"S3Settings(access_key_id='***', secret_key_id='***', "
-            f"endpoint_url={self.endpoint_url!r}, region={self.region!r})"
+            f"endpoint_url={self.endpoint_url!r}, region={self.region!r}, "
+            f"ca_bundle={self.ca_bundle!r})"
         )
 
     def __str__(self) -> str:
@@ -394,11 +408,18 @@ class S3Settings:
             raise ConfigError(f"{source}: [s3] endpoint_url is empty")
         if "://" not in endpoint:
             endpoint = f"https://{endpoint}"
+        ca_bundle = values.get("ca_bundle", "").strip()
+        if ca_bundle:
+            ca_path = Path(ca_bundle).expanduser()
+            if not ca_path.is_file():
+                raise ConfigError(f"{source}: [s3] ca_bundle {ca_bundle!r} is not a file")
+            ca_bundle = str(ca_path)
         return cls(
             access_key_id=values["access_key_id"],
             secret_key_id=values["secret_key_id"],
             endpoint_url=endpoint,
             region=values["region"],
+            ca_bundle=ca_bundle,
         )
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "delete_topic",
     "describe_kafka_error",
     "file_partition",
+    "make_admin",
     "make_producer",
     "make_side_producer",
     "partition_count",
@@ -93,23 +94,49 @@ def describe_kafka_error(error: object) -> str:
 
 
 class StreamProducer(Producer):  # type: ignore[misc]
-    """A ``confluent_kafka.Producer`` that remembers its bootstrap servers (for messages)."""
+    """A ``confluent_kafka.Producer`` that remembers its bootstrap servers (for messages)
+    and its error callback (whose ``refused`` says why the broker refused it, if so)."""
 
     bootstrap_servers: str
+    client_errors: Any = None
+
+
+#: Client errors that say the broker refused us (SASL login, TLS handshake, e.g. a
+#: certificate that does not verify): retrying with the same settings cannot help.
+_REFUSED_CODES = frozenset(
+    code
+    for code in (getattr(KafkaError, "_AUTHENTICATION", None), getattr(KafkaError, "_SSL", None))
+    if code is not None
+)
 
 
 class _ErrorLogger:
     """librdkafka ``error_cb``: logs each distinct client-level error (e.g. "all brokers
-    down") at most once a minute, so an outage is visible without flooding the log."""
+    down") at most once a minute, so an outage is visible without flooding the log.
+    Remembers the last authentication or TLS failure in :attr:`refused` (redacted), so
+    that :func:`partition_count` can say why the broker did not answer; with
+    ``log=False`` it only remembers."""
 
-    def __init__(self, settings: Mapping[str, Any], every: float = 60.0) -> None:
+    def __init__(
+        self, settings: Mapping[str, Any], every: float = 60.0, *, log: bool = True
+    ) -> None:
         self._settings = dict(settings)
         self._every = every
+        self._log = log
         self._last: dict[str, float] = {}
         self._lock = threading.Lock()
+        self.refused = ""
+        #: While True (during :func:`partition_count`, whose error says what failed),
+        #: client errors are only remembered, not logged as well.
+        self.muted = False
 
     def __call__(self, error: KafkaError) -> None:
         text = redact(describe_kafka_error(error), self._settings)
+        refused = error.code() in _REFUSED_CODES
+        if refused:
+            self.refused = text
+        if not self._log or self.muted:
+            return
         now = time.monotonic()
         with self._lock:
             if now - self._last.get(text, float("-inf")) < self._every:
@@ -214,7 +241,23 @@ def make_producer(
             f"bad Kafka producer settings: {redact(describe_kafka_error(exc), full)}"
         ) from None
     producer.bootstrap_servers = str(full["bootstrap.servers"])
+    producer.client_errors = full["error_cb"]
     return producer
+
+
+def make_admin(settings: Mapping[str, Any]) -> tuple[AdminClient, _ErrorLogger]:
+    """An ``AdminClient`` for ``settings`` (e.g. a config's ``[broker]``) whose librdkafka
+    log lines go to our logger at DEBUG level and whose client errors are only
+    remembered: pass the second value to :func:`partition_count` as ``errors``, which
+    then names an authentication or TLS failure instead of a timeout."""
+    errors = _ErrorLogger(settings, log=False)
+    full: dict[str, Any] = {**settings, "logger": _LibrdkafkaLog(None), "error_cb": errors}
+    try:
+        return AdminClient(full), errors
+    except (KafkaException, ValueError, TypeError) as exc:
+        raise ConfigError(
+            f"bad Kafka settings: {redact(describe_kafka_error(exc), full)}"
+        ) from None
 
 
 #: Bounds of a side producer's local queue (heartbeats and log lines are small and
@@ -259,29 +302,70 @@ def _bootstrap_of(client: Any, bootstrap: str | None) -> str:
     return str(getattr(client, "bootstrap_servers", "") or "the configured bootstrap servers")
 
 
+def _refused(errors: Any, where: str) -> ConfigError | None:
+    text = str(getattr(errors, "refused", "") or "")
+    if not text:
+        return None
+    return ConfigError(
+        f"the Kafka broker at {where} refused the connection: {text} "
+        "(check sasl.username / sasl.password / sasl.mechanism, security.protocol and "
+        "ssl.ca.location)"
+    )
+
+
 def partition_count(
-    client: Any, topic: str, timeout: float = 10.0, *, bootstrap: str | None = None
+    client: Any,
+    topic: str,
+    timeout: float = 10.0,
+    *,
+    bootstrap: str | None = None,
+    errors: Any = None,
 ) -> int:
     """The number of partitions of ``topic``, from the broker's metadata.
 
     ``client`` is a Producer, Consumer or AdminClient (anything with ``list_topics``).
     Raises :class:`ConfigError` naming the topic and the bootstrap servers if the
-    broker cannot be reached within ``timeout`` seconds or the topic does not exist.
+    broker cannot be reached within ``timeout`` seconds or the topic does not exist,
+    and at once, naming the broker and librdkafka's reason, if the client's error
+    callback (``errors``, default the producer's ``client_errors``, see
+    :func:`make_admin`) saw the broker refuse the SASL login or the TLS handshake.
     """
     where = _bootstrap_of(client, bootstrap)
+    if errors is None:
+        errors = getattr(client, "client_errors", None)
+    if not isinstance(errors, _ErrorLogger):
+        return _partition_count(client, topic, timeout, where, errors)
+    muted, errors.muted = errors.muted, True
+    try:
+        return _partition_count(client, topic, timeout, where, errors)
+    finally:
+        errors.muted = muted
+
+
+def _partition_count(client: Any, topic: str, timeout: float, where: str, errors: Any) -> int:
     deadline = time.monotonic() + timeout
     last = "no answer"
+    unreachable = ""
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
+        # Short slices while a refusal can still be seen, so it is reported at once.
+        step = remaining if errors is None else min(remaining, 0.5)
         try:
-            metadata = client.list_topics(topic=topic, timeout=max(remaining, 0.1))
+            metadata = client.list_topics(topic=topic, timeout=max(step, 0.1))
         except KafkaException as exc:
-            raise ConfigError(
-                f"cannot reach the Kafka broker at {where} within {timeout:g} s to look up "
-                f"topic {topic!r} ({describe_kafka_error(exc)})"
-            ) from None
+            if isinstance(client, (Producer, AdminClient)):
+                client.poll(0)  # serves the error callback (never a consumer's messages)
+            refused = _refused(errors, where)
+            if refused is not None:
+                raise refused from None
+            unreachable = describe_kafka_error(exc)
+            if errors is not None and time.monotonic() < deadline:
+                time.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
+                continue
+            break
+        unreachable = ""
         found = metadata.topics.get(topic)
         if found is None:
             last = "the broker did not describe it"
@@ -301,6 +385,11 @@ def partition_count(
         else:
             last = "it has no partitions yet"
         time.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
+    if unreachable:
+        raise ConfigError(
+            f"cannot reach the Kafka broker at {where} within {timeout:g} s to look up "
+            f"topic {topic!r} ({unreachable})"
+        )
     raise ConfigError(f"cannot use topic {topic!r} at {where}: {last}")
 
 

@@ -88,7 +88,8 @@ def make_client(settings: S3Settings, *, max_connections: int = 16) -> Any:
     virtual hosts). botocore's own default checksums are off because we send our
     own, computed in Rust; payload signing is off because that would hash every
     body again in Python (the checksum header protects the bytes instead).
-    Standard retry mode backs off on throttling and 5xx answers.
+    Standard retry mode backs off on throttling and 5xx answers. An https
+    endpoint's certificate is checked against ``settings.ca_bundle`` if given.
     """
     config = Config(
         region_name=settings.region,
@@ -109,6 +110,8 @@ def make_client(settings: S3Settings, *, max_connections: int = 16) -> Any:
         aws_access_key_id=settings.access_key_id,
         aws_secret_access_key=settings.secret_key_id,
         endpoint_url=settings.endpoint_url,
+        # None: botocore's default (honours $AWS_CA_BUNDLE); never verify=False.
+        verify=settings.ca_bundle or None,
         config=config,
     )
 
@@ -195,9 +198,15 @@ def check_bucket(client: Any, bucket: str) -> None:
         client.head_bucket(Bucket=bucket)
     except (ClientError, BotoCoreError) as err:
         endpoint = client.meta.endpoint_url
-        raise TransferError(
-            f"cannot use bucket {bucket!r} at {endpoint}: {describe_client_error(err)}"
-        ) from None
+        reason = describe_client_error(err)
+        if isinstance(err, ClientError):
+            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 403:  # HEAD has no error body: say what it means
+                reason = (
+                    "access denied (HTTP 403): the server refused the access key id and "
+                    "secret key of [s3], or this identity may not use the bucket"
+                )
+        raise TransferError(f"cannot use bucket {bucket!r} at {endpoint}: {reason}") from None
 
 
 @dataclass

@@ -12,14 +12,12 @@ import uuid
 from pathlib import Path
 from typing import TextIO
 
-from confluent_kafka.admin import AdminClient
-
 from ..config import load_config
 from ..console import Console
 from ..errors import ConfigError, S3TransferStreamError, TransferError
 from ..health import BrokerProbe
 from ..heartbeats import ConsumedBytes, Heartbeats, processor_counts
-from ..kafka import client_log_settings, partition_count
+from ..kafka import make_admin, partition_count
 from ..metrics import ProcessorMetrics, processor_health, processor_ready
 from ..processor import MiB, ProcessorOptions, S3TransferStreamProcessor, member_id
 from ..s3 import VALIDATE_CHOICES, ObjectStore, check_bucket, make_client
@@ -251,8 +249,13 @@ def main(argv: list[str] | None = None, *, stdin: TextIO | None = None) -> int:
         assert config.s3 is not None
         client = make_client(config.s3, max_connections=options.max_parts_in_flight + 8)
         check_bucket(client, options.bucket)
-        admin = AdminClient({**config.broker, **client_log_settings()})
-        partition_count(admin, options.topic, bootstrap=config.broker.get("bootstrap.servers"))
+        admin, refusals = make_admin(config.broker)
+        partition_count(
+            admin,
+            options.topic,
+            bootstrap=config.broker.get("bootstrap.servers"),
+            errors=refusals,
+        )
         server = open_health_server(args)
     except ConfigError as err:
         return fail(log, str(err), EXIT_USAGE)
