@@ -93,7 +93,7 @@ def describe_kafka_error(error: object) -> str:
     return str(error)
 
 
-class StreamProducer(Producer):  # type: ignore[misc]
+class StreamProducer(Producer):
     """A ``confluent_kafka.Producer`` that remembers its bootstrap servers (for messages)
     and its error callback (whose ``refused`` says why the broker refused it, if so)."""
 

@@ -66,7 +66,7 @@ class BufferReader(io.RawIOBase):
         self._pos = max(0, min(len(self._view), base + offset))
         return self._pos
 
-    def read(self, size: int | None = -1) -> memoryview:  # type: ignore[override]
+    def read(self, size: int | None = -1) -> memoryview:
         end = (
             len(self._view) if size is None or size < 0 else min(len(self._view), self._pos + size)
         )

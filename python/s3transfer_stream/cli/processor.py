@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--consumer_group_id",
         default="create_new",
         help="consumer group id; 'create_new' makes a new group each run (reads the topic from the "
-        "start); reuse a group id to resume where the last run stopped and retry its failed files. "
+        "start); reuse a group id to resume where the last run stopped (files that were in "
+        "progress are read again; failed files are recorded and must be sent again). "
         "Overrides group.id from the config file",
     )
     p.add_argument("--n_threads", type=positive_int, default=2, help="number of consumer threads")
