@@ -743,4 +743,4 @@ class Uploader:
             # Unfinished files: their offsets stay uncommitted, so the next run
             # reads them again; an open multipart upload would only be garbage.
             if fu.upload_id and self.health.reachable:
-                self._abort(fu)
+                self._abort_quietly(fu)  # may be aborted already (dropped, or stopping)
