@@ -712,6 +712,51 @@ def test_producer_registry_completes_and_resumes(tmp_path: Path) -> None:
     ]
 
 
+def test_producer_registry_restart_file_starts_the_file_over(tmp_path: Path) -> None:
+    registry = ProducerRegistry(tmp_path, "up")
+    registry.register_started("d/x.dat", "x.dat", 3)
+    registry.register_chunk_delivered("d/x.dat", "x.dat", 3, 1)
+    registry.register_chunk_delivered("d/x.dat", "x.dat", 3, 2)
+    assert registry.chunks_to_send("d/x.dat") == {3}
+
+    # A changed file with the same chunk count: without restart_file it would resume.
+    registry.restart_file("d/x.dat")
+    assert registry.in_progress_rows() == []
+    assert read_table(UploadInProgressRow, registry.paths.in_progress) == []  # written at once
+    registry.register_started("d/x.dat", "x.dat", 3)
+    assert registry.chunks_to_send("d/x.dat") == {1, 2, 3}
+    (row,) = read_table(UploadInProgressRow, registry.paths.in_progress)
+    assert (row.chunks_delivered, row.chunks_to_send) == (set(), {1, 2, 3})
+
+    registry.restart_file("never/started.dat")  # no row: nothing to forget
+    assert [r.rel_filepath for r in registry.in_progress_rows()] == [Path("d/x.dat")]
+    registry.close()
+
+
+def test_producer_registry_restart_file_logs_a_failed_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = ProducerRegistry(tmp_path, "up", flush_interval=3600)
+    registry.register_started("d/x.dat", "x.dat", 2)
+    registry.register_chunk_delivered("d/x.dat", "x.dat", 2, 1)
+    registry.flush()
+
+    def broken_replace(src: object, dst: object) -> None:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with caplog.at_level("WARNING", logger="s3transfer_stream.registry"):
+        registry.restart_file("d/x.dat")  # must not raise
+    monkeypatch.undo()
+    assert "d/x.dat" in caplog.text and "disk gone" in caplog.text
+    assert registry.in_progress_rows() == []
+    (stale,) = read_table(UploadInProgressRow, registry.paths.in_progress)
+    assert stale.chunks_delivered == {1}
+    registry.close()  # the table stayed dirty: close writes it
+    assert read_table(UploadInProgressRow, registry.paths.in_progress) == []
+    assert _leftover_temp_files(tmp_path) == []
+
+
 def test_producer_registry_merges_upstream_per_producer_files(tmp_path: Path) -> None:
     header = "filename;rel_filepath;n_chunks;started;completed"
     (tmp_path / "uploaded_to_up_p7f3a9c2b1d40.csv").write_text(

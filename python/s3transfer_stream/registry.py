@@ -1553,6 +1553,27 @@ class ProducerRegistry:
             table.add(_new_upload_row(key, filename, n_chunks))
             _write_logged(table)
 
+    def restart_file(self, rel_path: str) -> None:
+        """Forget the delivered chunks of an older version of the file, so that the next
+        :meth:`register_started` starts it over: that method keeps a row whose chunk
+        count matches (to resume), which would be wrong for a changed file that happens
+        to have as many chunks. The row is dropped and the table written at once; a
+        failed write is logged and left to the flush timer (or close) to retry."""
+        key = _rel_key(rel_path)
+        table = self._in_progress
+        with table.lock:
+            if table.pop(key) is None:
+                return
+            try:
+                table.write()
+            except OSError as exc:
+                _LOG.warning(
+                    "could not write %s after restarting %s (will retry): %s",
+                    table.path,
+                    key,
+                    exc,
+                )
+
     def register_chunk_delivered(
         self, rel_filepath: str, filename: str, n_chunks: int, chunk_i: int
     ) -> None:
