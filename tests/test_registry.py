@@ -777,6 +777,39 @@ def test_producer_registry_merges_upstream_per_producer_files(tmp_path: Path) ->
     registry.close()
 
 
+def test_torn_writes_of_our_tables_are_removed_at_start(tmp_path: Path) -> None:
+    # What a crash between mkstemp and os.replace leaves: the table itself is intact.
+    torn = [
+        ".consuming_from_t_by_g_in_progress.csv.k2j4h5.tmp",
+        ".processed_from_t_by_g.csv.a8d9f0.tmp",
+        ".upload_to_up_in_progress.csv.z1x2c3.tmp",
+        ".uploaded_to_up.csv.q4w5e6.tmp",
+    ]
+    foreign = [
+        ".uploaded_to_up2.csv.q4w5e6.tmp",  # another topic's table
+        ".upload_to_up_versions.jsonl.tmp",  # the upload directory's version log, not a table
+        ".consuming_from_t_by_g2_in_progress.csv.k2j4h5.tmp",
+    ]
+    for name in torn + foreign:
+        (tmp_path / name).write_text("half a table", encoding="utf-8")
+    StreamRegistry(tmp_path, "t", "g").close()
+    ProducerRegistry(tmp_path, "up").close()
+    assert sorted(_leftover_temp_files(tmp_path)) == sorted(foreign)
+
+
+def test_producer_registry_refuses_a_bad_flush_interval_before_creating_files(
+    tmp_path: Path,
+) -> None:
+    logs = tmp_path / "LOGS"
+    for make in (
+        lambda: StreamRegistry(logs, "t", "g", flush_interval=0),
+        lambda: ProducerRegistry(logs, "up", flush_interval=0),
+    ):
+        with pytest.raises(ValueError, match="flush_interval"):
+            make()
+        assert not logs.exists()
+
+
 def test_producer_registry_chunk_index_checked(tmp_path: Path) -> None:
     registry = ProducerRegistry(tmp_path, "up")
     with pytest.raises(ValueError, match="chunk_i 0"):

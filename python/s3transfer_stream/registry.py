@@ -451,12 +451,14 @@ def _new_file_mode() -> int:
 _NEW_FILE_MODE = _new_file_mode()
 
 
-def _remove_torn_writes(directory: Path, names: list[str], pattern: re.Pattern[str]) -> None:
+def _remove_torn_writes(
+    directory: Path, names: list[str], pattern: re.Pattern[str] | None = None
+) -> None:
     """Deletes temp files a crash inside :func:`_write_atomic` left behind for these tables
     (the table itself is intact: the rename never happened)."""
     for tmp in directory.glob(".*.tmp"):
         base = tmp.name[1:].rsplit(".", 2)[0]
-        if base in names or pattern.match(base):
+        if base in names or (pattern is not None and pattern.match(base)):
             try:
                 tmp.unlink()
             except OSError:
@@ -1480,6 +1482,8 @@ class ProducerRegistry:
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
     ) -> None:
         _check_name_part("topic", topic)
+        if flush_interval <= 0:
+            raise ValueError(f"flush_interval must be positive, got {flush_interval}")
         logs_dir = Path(logs_dir)
         logs_dir.mkdir(parents=True, exist_ok=True)
         self.topic = topic
@@ -1493,6 +1497,7 @@ class ProducerRegistry:
                 rf"^uploaded_to_{re.escape(topic)}_p[0-9a-f]+(_\d+_\d+)?\.csv$", re.DOTALL
             ),
         )
+        _remove_torn_writes(logs_dir, [self._paths.in_progress.name, self._paths.completed.name])
         self._in_progress: DataclassTable[UploadInProgressRow] = DataclassTable(
             UploadInProgressRow, self._paths.in_progress, key=_row_key
         )
