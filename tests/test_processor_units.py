@@ -397,6 +397,71 @@ def test_a_multipart_upload_started_for_a_file_dropped_meanwhile_is_aborted(part
     assert ledger.pinned_offsets() == {}
 
 
+def test_a_dropped_file_is_aborted_only_after_its_parts_on_the_wire_end(parts: Any) -> None:
+    """CI, crash matrix spread-2-threads: a revocation aborted a multipart upload while
+    a part of it was still being sent; SeaweedFS stored the late part and listed the
+    upload again, so it stayed open for ever. AWS, too, may keep a part that arrives
+    after the abort. The abort must wait for the parts on the wire, and parts not yet
+    sent must not start."""
+    store, ledger, up, _ = parts
+    in_part = threading.Event()
+    gate = threading.Event()
+    calls: list[str] = []
+
+    def upload_part(key: str, upload_id: str, number: int, data: Any, crc: int) -> Any:
+        calls.append(f"part {number} start")
+        if number == 1:
+            in_part.set()
+            gate.wait(10)
+        calls.append(f"part {number} end")
+        return {"ETag": "e", "PartNumber": number}
+
+    store.start_multipart = lambda key, **_: "U1"
+    store.upload_part = upload_part
+    store.abort_multipart = lambda key, upload_id: calls.append(f"abort {upload_id}")
+    data = bytes(range(256)) * (64 << 10)  # 16 MiB: three full 5 MiB parts, then the rest
+    msgs = chunks("big.bin", data, 1 << 20)
+    ledger.assigned(0, 0, None)
+    events, _, _ = ledger.feed([(0, i, m) for i, m in enumerate(msgs[:6])])
+    assert [e.kind for e in events] == ["started", "part"]
+    up.handle(events)
+    assert in_part.wait(10)
+    up.revoked(ledger.revoked([0]), {0})
+    time.sleep(0.3)  # an abort that does not wait would run now
+    assert calls == ["part 1 start"]
+    gate.set()
+    wait_until(lambda: "abort U1" in calls)
+    assert calls == ["part 1 start", "part 1 end", "abort U1"]
+    assert ledger.pinned_offsets() == {}
+
+
+def test_an_abort_that_fails_is_logged_and_the_file_still_recorded_as_failed(
+    parts: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An abort after a part was refused must not skip recording the failure (the
+    file would stay pinned until a restart)."""
+    store, ledger, up, journal = parts
+
+    def upload_part(*_: Any, **__: Any) -> Any:
+        raise denied()
+
+    def abort_multipart(key: str, upload_id: str) -> None:
+        raise unavailable()
+
+    store.start_multipart = lambda key, **_: "U1"
+    store.upload_part = upload_part
+    store.abort_multipart = abort_multipart
+    data = bytes(range(256)) * (32 << 10)  # 8 MiB
+    msgs = chunks("big.bin", data, 1 << 20)
+    ledger.assigned(0, 0, None)
+    events, _, _ = ledger.feed([(0, i, m) for i, m in enumerate(msgs)])
+    with caplog.at_level(logging.WARNING):
+        up.handle(events)
+        wait_until(lambda: ledger.pinned_offsets() == {})
+    assert "Could not abort the multipart upload U1 of t/big.bin" in caplog.text
+    assert [e.outcome for e in TransferJournal(journal.path.parent, "t", "g").entries] == ["failed"]
+
+
 def test_download_regex_selects_files_by_their_relative_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

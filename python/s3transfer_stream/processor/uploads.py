@@ -51,9 +51,17 @@ FIRST_DELAY = 0.5
 MAX_DELAY = 20.0
 
 
+#: How long an abort waits for the file's parts already on the wire to end.
+PARTS_ON_THE_WIRE_WAIT = 120.0
+
+
 class ShuttingDown(Exception):
     """Raised inside an upload that is given up because the process stops; its
     file stays unsettled, so its offsets stay uncommitted."""
+
+
+class Discarded(Exception):
+    """Raised inside a part upload of a file that will not be completed here."""
 
 
 class S3Health:
@@ -129,9 +137,12 @@ class FileUpload:
     #: One of its partitions left this process while it was owned: another member
     #: may write the key meanwhile, so the final write is conditional.
     moved: bool = False
-    #: Dropped by a revocation while still being received: it will not be completed
-    #: here, so a multipart upload its part worker is still starting is aborted.
+    #: It will not be completed here (dropped by a revocation, failed, superseded,
+    #: abandoned): no more parts are sent, and its multipart upload is aborted once
+    #: the parts already on the wire have ended.
     dropped: bool = False
+    #: Its multipart upload was aborted (once is enough: no part is sent after).
+    aborted: bool = False
     #: time.monotonic() of its first and its last chunk (for the latency metrics).
     started: float = field(default_factory=time.monotonic)
     completed: float = 0.0
@@ -308,8 +319,7 @@ class Uploader:
         if fu.ignored:
             self.ledger.settle(info.instance)
             return
-        if fu.upload_id:
-            self._finish_pool.submit(self._abort, fu)
+        self._discard(fu)
         status = MISMATCHED_HASH if ev.hash_mismatch else FAILED
         self.log.error(
             f"File {info.rel_output_path} cannot be reassembled ({status}; {self._culprit(ev)}): "
@@ -338,16 +348,19 @@ class Uploader:
         )
         if fu is not None:
             fu.finished.set()
-            if fu.upload_id:
-                self._finish_pool.submit(self._abort, fu)
+            self._discard(fu)
 
     # -- S3 calls with retries ------------------------------------------------------
 
-    def _retry(self, what: str, call: Callable[[], T]) -> T:
+    def _retry(
+        self, what: str, call: Callable[[], T], discarded: Callable[[], bool] | None = None
+    ) -> T:
         delay = FIRST_DELAY
         while True:
             if self.stopping.is_set():
                 raise ShuttingDown(what)
+            if discarded is not None and discarded():
+                raise Discarded(what)
             try:
                 result = call()
             except Exception as err:
@@ -386,7 +399,8 @@ class Uploader:
                         # Dropped or stopping while the upload was being started (S3
                         # slow or down): nobody will complete it, and the abort of a
                         # revocation or of stop() may have run before it existed.
-                        self._abort_quietly(fu)
+                        fu.aborted = True
+                        self._abort_now(fu.key, fu.upload_id)
                         return None
                 if fu.error or fu.upload_id is None or fu.dropped:
                     return None
@@ -394,9 +408,12 @@ class Uploader:
             result = self._retry(
                 f"uploading part {number} of {fu.key}",
                 lambda: self.store.upload_part(fu.key, upload_id, number, data, crc),
+                discarded=lambda: fu.dropped,
             )
             failpoints.hit("part_uploaded")
             return result
+        except Discarded:
+            return None
         finally:
             data = None  # the part's memory goes as soon as it is sent
             self._shrink_backlog()
@@ -561,26 +578,48 @@ class Uploader:
                 f"Aborting the multipart upload {u['UploadId']} of {key} left by another member "
                 "(this one transferred the file)"
             )
-            self.store.abort_multipart(key, u["UploadId"])
+            self._abort_now(key, u["UploadId"])
+
+    def _discard(self, fu: FileUpload) -> None:
+        """The file will not be completed here: its multipart upload, if it has or
+        is getting one, is aborted in the background once its parts have ended."""
+        fu.dropped = True
+        if fu.upload_id is not None or fu.parts:
+            self._finish_pool.submit(self._abort, fu)
 
     def _abort(self, fu: FileUpload) -> None:
-        if fu.upload_id is None:
-            return
-        self.store.abort_multipart(fu.key, fu.upload_id)
-        if self.open_uploads is not None:
-            self.open_uploads.ended(fu.upload_id)
+        """Aborts the file's multipart upload once no part of it is on the wire any
+        more. A part that reaches S3 after the abort may be stored anyway (AWS says
+        an upload may need aborting again; SeaweedFS lists the upload again), so
+        the abort waits for them; no part starts once ``fu.dropped`` is set."""
+        deadline = time.monotonic() + PARTS_ON_THE_WIRE_WAIT
+        while True:
+            with fu.parts_lock:
+                pending = [f for f in fu.parts if not f.done()]
+            left = deadline - time.monotonic()
+            if not pending or left <= 0:
+                break
+            wait(pending, timeout=left)
+        with fu.lock:  # a part worker may be starting the upload
+            upload_id = None if fu.aborted else fu.upload_id
+            fu.aborted = True
+        if upload_id is not None:
+            self._abort_now(fu.key, upload_id)
 
-    def _abort_quietly(self, fu: FileUpload) -> None:
-        """Aborts and only logs a failure (the next start's sweep cleans what is left)."""
+    def _abort_now(self, key: str, upload_id: str) -> None:
+        """Aborts an upload; a failure is only logged: the upload stays in the
+        record of open uploads, and the next start's sweep aborts it."""
         try:
-            self._abort(fu)
+            self.store.abort_multipart(key, upload_id)
         except Exception as err:
-            if error_code(err) == "NoSuchUpload":  # aborted by the other side of a race
+            if error_code(err) != "NoSuchUpload":  # else aborted already
+                self.log.warning(
+                    f"Could not abort the multipart upload {upload_id} of {key}: "
+                    f"{describe_client_error(err)}; the next start cleans it up"
+                )
                 return
-            self.log.warning(
-                f"Could not abort the multipart upload {fu.upload_id} of {fu.key}: "
-                f"{describe_client_error(err)}; the next start cleans it up"
-            )
+        if self.open_uploads is not None:
+            self.open_uploads.ended(upload_id)
 
     def _validated(self, fu: FileUpload, size: int, sent: dict[str, str], parts: int) -> None:
         info = fu.info
@@ -696,8 +735,7 @@ class Uploader:
         fu = self._pop(info.instance) or FileUpload(
             info=info, key=self._key(info), first_message=datetime.now()
         )
-        if fu.upload_id:
-            self._finish_pool.submit(self._abort, fu)
+        self._discard(fu)
         fu.offsets = offsets
         if info.echo or fu.ignored:
             self.ledger.settle(info.instance)
@@ -716,9 +754,7 @@ class Uploader:
             fu = self._pop(info.instance)
             if fu is None:
                 continue
-            fu.dropped = True
-            if fu.upload_id:
-                self._finish_pool.submit(self._abort_quietly, fu)
+            self._discard(fu)
 
     # -- shutdown ---------------------------------------------------------------------
 
@@ -743,4 +779,5 @@ class Uploader:
             # Unfinished files: their offsets stay uncommitted, so the next run
             # reads them again; an open multipart upload would only be garbage.
             if fu.upload_id and self.health.reachable:
-                self._abort_quietly(fu)  # may be aborted already (dropped, or stopping)
+                fu.dropped = True
+                self._abort(fu)  # may be aborted already (dropped, or stopping)
