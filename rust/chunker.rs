@@ -2,9 +2,11 @@
 //!
 //! A first pass hashes the whole file and every chunk (the file hash goes into
 //! every message, so it must be known before the first one is sent). Messages
-//! are then built on demand by reading the chunk again at its offset, and the
-//! chunk hash is checked against the first pass, so a file that changes while
-//! it is being sent is reported instead of producing chunks that cannot agree.
+//! are then built on demand by reading the chunk again at its offset, straight
+//! into the message buffer behind its header, and checked there against the
+//! first pass, so a file that changes while it is being sent is reported
+//! instead of producing chunks that cannot agree. A chunk sent again later (its
+//! delivery failed) is read and checked alone, against its recorded chunk hash.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -15,7 +17,7 @@ use std::time::UNIX_EPOCH;
 use sha2::{Digest, Sha512};
 
 use crate::error::{Error, Result};
-use crate::wire::{self, Chunk};
+use crate::wire::Frame;
 
 pub struct FilePlan {
     pub path: PathBuf,
@@ -91,58 +93,89 @@ impl FilePlan {
         self.chunk_hashes.len() as u64
     }
 
-    /// Encodes chunk `chunk_i` (1-based), reading its bytes from the file again.
-    pub fn encode_chunk(
-        &self,
-        file: &File,
-        chunk_i: u64,
-        subdir: &str,
-        filename: &str,
-        append: &str,
-    ) -> Result<Vec<u8>> {
+    /// Encodes chunk `chunk_i` (1-based), reading its bytes from `file` again
+    /// into the message and checking them there as `check` says.
+    pub fn encode_chunk(&self, file: &File, chunk_i: u64, names: Names<'_>, check: Check) -> Result<Vec<u8>> {
         let n = self.n_chunks();
         if chunk_i == 0 || chunk_i > n {
             return Err(Error::BadChunkIndex { chunk_i, n });
         }
+        let index = (chunk_i - 1) as usize;
+        let (Some(chunk_hash), Some(&crc)) = (self.chunk_hashes.get(index), self.chunk_crcs.get(index))
+        else {
+            return Err(Error::BadChunkIndex { chunk_i, n });
+        };
         let offset = (chunk_i - 1) * self.chunk_size;
-        let len = self.chunk_size.min(self.size - offset) as usize;
-        let mut data = vec![0u8; len];
-        file.read_exact_at(&mut data, offset).map_err(|source| match source.kind() {
-            io::ErrorKind::UnexpectedEof => Error::Changed { path: self.path.clone(), chunk_i },
-            _ => Error::io(&self.path, source),
-        })?;
-        if chunk_i == n {
-            // Bytes appended after hashing would be silently left out.
-            let now = file.metadata().map_err(|source| Error::io(&self.path, source))?;
-            if now.len() != self.size {
-                return Err(Error::Changed { path: self.path.clone(), chunk_i });
-            }
-        }
-        let chunk_hash = &self.chunk_hashes[(chunk_i - 1) as usize];
-        if crate::checksum::crc64nvme(&data) != self.chunk_crcs[(chunk_i - 1) as usize] {
-            return Err(Error::Changed { path: self.path.clone(), chunk_i });
-        }
-        let chunk = Chunk {
-            filename,
+        let changed = || Error::Changed { path: self.path.clone(), chunk_i };
+        let frame = Frame {
+            filename: names.filename,
             file_hash: &self.file_hash,
             chunk_hash,
             chunk_offset_write: offset,
             chunk_i,
             n_total_chunks: n,
-            subdir_str: subdir,
-            filename_append: append,
-            data: &data,
+            subdir_str: names.subdir,
+            filename_append: names.append,
+            data_len: self.chunk_size.min(self.size - offset) as usize,
             file_mtime: Some(self.mtime),
         };
-        Ok(wire::encode(&chunk))
+        let message = frame.encode_with(|data| {
+            file.read_exact_at(data, offset).map_err(|source| match source.kind() {
+                io::ErrorKind::UnexpectedEof => changed(),
+                _ => Error::io(&self.path, source),
+            })?;
+            let same = match check {
+                Check::Crc => crate::checksum::crc64nvme(data) == crc,
+                Check::ChunkHash => Sha512::digest(&*data).as_slice() == chunk_hash.as_slice(),
+            };
+            if same {
+                Ok(())
+            } else {
+                Err(changed())
+            }
+        })?;
+        if chunk_i == n {
+            // Bytes appended after hashing would be silently left out.
+            let now = file.metadata().map_err(|source| Error::io(&self.path, source))?;
+            if now.len() != self.size {
+                return Err(changed());
+            }
+        }
+        Ok(message)
     }
+}
+
+/// The names a chunk message carries: the file's subdir and name, and the
+/// append for its output name.
+#[derive(Debug, Clone, Copy)]
+pub struct Names<'a> {
+    pub subdir: &'a str,
+    pub filename: &'a str,
+    pub append: &'a str,
+}
+
+/// What a chunk read again is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// The file the plan hashed, still open: the chunk's CRC64NVME from the
+    /// first pass, far cheaper than SHA-512 and as good against accidents.
+    Crc,
+    /// A file opened again by its path, which may name another file by now:
+    /// the chunk's SHA-512 recorded in the first pass, which its message
+    /// carries and the consumer checks.
+    ChunkHash,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::checksum::sha512;
+    use crate::wire::{self, Chunk};
     use std::io::Write;
+
+    fn names<'a>(subdir: &'a str, filename: &'a str) -> Names<'a> {
+        Names { subdir, filename, append: "" }
+    }
 
     fn temp_file(content: &[u8]) -> (PathBuf, File) {
         let dir = std::env::temp_dir().join(format!("s3ts-chunker-{}", std::process::id()));
@@ -162,13 +195,13 @@ mod tests {
         assert_eq!(plan.file_hash, sha512(&content));
         let mut rebuilt = Vec::new();
         for i in 1..=3 {
-            let msg = plan.encode_chunk(&file, i, "a/b", "f.dat", "").unwrap();
+            let msg = plan.encode_chunk(&file, i, names("a/b", "f.dat"), Check::Crc).unwrap();
             let c = wire::decode(&msg).unwrap();
             assert_eq!(c.chunk_offset_write, (i - 1) * 4096);
             rebuilt.extend_from_slice(c.data);
         }
         assert_eq!(rebuilt, content);
-        assert!(plan.encode_chunk(&file, 4, "", "f", "").is_err());
+        assert!(plan.encode_chunk(&file, 4, names("", "f"), Check::Crc).is_err());
     }
 
     #[test]
@@ -176,7 +209,7 @@ mod tests {
         let (path, file) = temp_file(b"");
         let plan = FilePlan::new(&path, 4096).unwrap();
         assert_eq!(plan.n_chunks(), 1);
-        let msg = plan.encode_chunk(&file, 1, "", "e", "").unwrap();
+        let msg = plan.encode_chunk(&file, 1, names("", "e"), Check::Crc).unwrap();
         assert!(wire::decode(&msg).unwrap().data.is_empty());
     }
 
@@ -185,9 +218,50 @@ mod tests {
         let (path, file) = temp_file(&[1u8; 5000]);
         let plan = FilePlan::new(&path, 4096).unwrap();
         std::fs::write(&path, [2u8; 5000]).unwrap();
-        let err = plan.encode_chunk(&file, 1, "", "f", "").unwrap_err();
+        let err = plan.encode_chunk(&file, 1, names("", "f"), Check::Crc).unwrap_err();
         assert!(err.to_string().contains("changed while it was being sent"), "{err}");
         assert!(matches!(err, Error::Changed { chunk_i: 1, .. }), "{err:?}");
+    }
+
+    #[test]
+    fn messages_read_in_place_are_the_canonical_encoding() {
+        let content: Vec<u8> = (0..70_000u32).map(|i| (i % 253) as u8).collect();
+        let (path, file) = temp_file(&content);
+        let plan = FilePlan::new(&path, 65_536).unwrap();
+        for (i, data) in content.chunks(65_536).enumerate() {
+            let chunk_i = i as u64 + 1;
+            let chunk_hash = sha512(data);
+            let expected = wire::encode(&Chunk {
+                filename: "f.dat",
+                file_hash: &plan.file_hash,
+                chunk_hash: &chunk_hash,
+                chunk_offset_write: i as u64 * 65_536,
+                chunk_i,
+                n_total_chunks: 2,
+                subdir_str: "a/b",
+                filename_append: "_x",
+                data,
+                file_mtime: Some(plan.mtime),
+            });
+            let names = Names { subdir: "a/b", filename: "f.dat", append: "_x" };
+            for check in [Check::Crc, Check::ChunkHash] {
+                assert_eq!(plan.encode_chunk(&file, chunk_i, names, check).unwrap(), expected);
+            }
+        }
+    }
+
+    #[test]
+    fn a_chunk_checked_alone_ignores_changes_elsewhere_in_the_file() {
+        let mut content = vec![1u8; 3 * 4096];
+        let (path, _) = temp_file(&content);
+        let plan = FilePlan::new(&path, 4096).unwrap();
+        content[2 * 4096] = 2; // in chunk 3
+        std::fs::write(&path, &content).unwrap();
+        let reopened = File::open(&path).unwrap();
+        let msg = plan.encode_chunk(&reopened, 2, names("", "f"), Check::ChunkHash).unwrap();
+        assert_eq!(wire::decode(&msg).unwrap().data, &content[4096..2 * 4096]);
+        let err = plan.encode_chunk(&reopened, 3, names("", "f"), Check::ChunkHash).unwrap_err();
+        assert!(matches!(err, Error::Changed { chunk_i: 3, .. }), "{err:?}");
     }
 
     #[test]

@@ -8,9 +8,9 @@
 use std::ffi::c_int;
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
-use pyo3::exceptions::{PyBufferError, PyOSError, PyValueError};
+use pyo3::exceptions::{PyBufferError, PyOSError, PySystemError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -19,7 +19,7 @@ use sha2::{Digest, Sha512 as Sha512State};
 
 use crate::assembler::{self, Assembler as RustAssembler, Disposition, Event as RustEvent, Position};
 use crate::checksum;
-use crate::chunker::FilePlan;
+use crate::chunker::{Check, FilePlan, Names};
 use crate::error::Error;
 use crate::wire::{self, Chunk};
 
@@ -263,8 +263,12 @@ fn encode_chunk<'py>(
         data,
         file_mtime,
     };
-    let out = py.detach(|| wire::encode(&chunk));
-    Ok(PyBytes::new(py, &out))
+    // Encoded straight into the bytes object: it is not shared with anything
+    // before it is returned, so writing it with the GIL released is sound.
+    PyBytes::new_with(py, wire::encoded_len(&chunk), |out| {
+        py.detach(|| wire::encode_to_slice(&chunk, out))
+            .ok_or_else(|| PySystemError::new_err("encode_chunk: the message length was computed wrongly"))
+    })
 }
 
 #[pyfunction]
@@ -753,7 +757,9 @@ impl Assembler {
 #[pyclass(frozen, module = "s3transfer_stream._core")]
 pub struct FileChunker {
     plan: FilePlan,
-    file: File,
+    /// The file the plan hashed, until `close`. Shared by `messages` calls on
+    /// several threads (positioned reads need no exclusive access).
+    file: RwLock<Option<File>>,
 }
 
 #[pymethods]
@@ -765,7 +771,7 @@ impl FileChunker {
             // The plan first: a chunk size of 0 is refused before the file is opened.
             let plan = FilePlan::new(&path, chunk_size)?;
             let file = File::open(&path).map_err(|source| Error::io(&path, source))?;
-            Ok(Self { plan, file })
+            Ok(Self { plan, file: RwLock::new(Some(file)) })
         })?;
         Ok(chunker)
     }
@@ -796,6 +802,13 @@ impl FileChunker {
     }
 
     /// Encoded messages for chunks `first..first+count` (1-based, clipped to the file).
+    ///
+    /// Each chunk is read straight into its message behind the header and
+    /// checked there, with the GIL released, and handed over as a `Buffer` of
+    /// that same allocation. Not `PyBytes::new_with`: that allocates and
+    /// zeroes the message under the GIL (a chunk's worth of memset per message
+    /// that every other sending thread waits for), while a `Vec` is allocated,
+    /// filled and hashed entirely without it and shared without a copy.
     #[pyo3(signature = (first, count, subdir_str, filename, filename_append = ""))]
     fn messages(
         &self,
@@ -807,12 +820,37 @@ impl FileChunker {
         filename_append: &str,
     ) -> PyResult<Vec<Py<Buffer>>> {
         let last = first.saturating_add(count).min(self.plan.n_chunks() + 1);
-        let encoded = py.detach(|| {
-            (first..last)
-                .map(|i| self.plan.encode_chunk(&self.file, i, subdir_str, filename, filename_append))
-                .collect::<Result<Vec<_>, Error>>()
+        let names = Names { subdir: subdir_str, filename, append: filename_append };
+        let encoded = py.detach(|| -> Result<Vec<Vec<u8>>, Error> {
+            let held = self.file.read().unwrap_or_else(PoisonError::into_inner);
+            let reopened;
+            let (file, check) = match held.as_ref() {
+                Some(file) => (file, Check::Crc),
+                None => {
+                    // Closed: read the path again, which may name another file
+                    // by now, so each chunk is checked against its SHA-512.
+                    let path = &self.plan.path;
+                    reopened = File::open(path).map_err(|source| Error::io(path, source))?;
+                    (&reopened, Check::ChunkHash)
+                }
+            };
+            (first..last).map(|i| self.plan.encode_chunk(file, i, names, check)).collect()
         })?;
         encoded.into_iter().map(|m| buffer(py, Arc::new(m))).collect()
+    }
+
+    /// Closes the file. Later `messages` calls open the path again for each
+    /// call and check every chunk they read against its recorded chunk hash.
+    fn close(&self, py: Python<'_>) {
+        // Waits (GIL released) for `messages` calls reading the file.
+        let file = py.detach(|| self.file.write().unwrap_or_else(PoisonError::into_inner).take());
+        drop(file);
+    }
+
+    /// Whether `close` was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.file.read().unwrap_or_else(PoisonError::into_inner).is_none()
     }
 }
 

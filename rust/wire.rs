@@ -365,92 +365,210 @@ fn validate_subdir(r: &Reader<'_>, subdir: &str) -> Result<()> {
 // ---------------------------------------------------------------------------
 // Encoding
 
-fn put_uint(out: &mut Vec<u8>, v: u64) {
-    if v < 0x80 {
-        out.push(v as u8);
-    } else if v <= 0xff {
-        out.extend_from_slice(&[0xcc, v as u8]);
-    } else if v <= 0xffff {
-        out.push(0xcd);
-        out.extend_from_slice(&(v as u16).to_be_bytes());
-    } else if v <= 0xffff_ffff {
-        out.push(0xce);
-        out.extend_from_slice(&(v as u32).to_be_bytes());
-    } else {
-        out.push(0xcf);
-        out.extend_from_slice(&v.to_be_bytes());
+/// A chunk message but for its data bytes: all a producer needs to lay out the
+/// message before it reads the chunk from the file straight into the data field.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Frame<'a> {
+    pub filename: &'a str,
+    pub file_hash: &'a [u8; 64],
+    pub chunk_hash: &'a [u8; 64],
+    pub chunk_offset_write: u64,
+    pub chunk_i: u64,
+    pub n_total_chunks: u64,
+    pub subdir_str: &'a str,
+    pub filename_append: &'a str,
+    pub data_len: usize,
+    pub file_mtime: Option<f64>,
+}
+
+impl<'a> Chunk<'a> {
+    /// The chunk's message without its data.
+    pub fn frame(&self) -> Frame<'a> {
+        Frame {
+            filename: self.filename,
+            file_hash: self.file_hash,
+            chunk_hash: self.chunk_hash,
+            chunk_offset_write: self.chunk_offset_write,
+            chunk_i: self.chunk_i,
+            n_total_chunks: self.n_total_chunks,
+            subdir_str: self.subdir_str,
+            filename_append: self.filename_append,
+            data_len: self.data.len(),
+            file_mtime: self.file_mtime,
+        }
     }
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
+/// Where encoded bytes go. The lengths are computed by encoding into a
+/// [`Count`], so a buffer sized from them can never disagree with the encoder.
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+struct Count(usize);
+
+impl Sink for Count {
+    fn put(&mut self, bytes: &[u8]) {
+        self.0 = self.0.saturating_add(bytes.len());
+    }
+}
+
+/// Writes into a slice front to back; `fits` turns false (and nothing more is
+/// written) if the bytes do not fit, instead of panicking.
+struct SliceSink<'b> {
+    rest: &'b mut [u8],
+    fits: bool,
+}
+
+impl Sink for SliceSink<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        let rest = std::mem::take(&mut self.rest);
+        match rest.split_at_mut_checked(bytes.len()) {
+            Some((dst, after)) if self.fits => {
+                dst.copy_from_slice(bytes);
+                self.rest = after;
+            }
+            _ => self.fits = false,
+        }
+    }
+}
+
+fn put_uint(out: &mut impl Sink, v: u64) {
+    if v < 0x80 {
+        out.put(&[v as u8]);
+    } else if v <= 0xff {
+        out.put(&[0xcc, v as u8]);
+    } else if v <= 0xffff {
+        out.put(&[0xcd]);
+        out.put(&(v as u16).to_be_bytes());
+    } else if v <= 0xffff_ffff {
+        out.put(&[0xce]);
+        out.put(&(v as u32).to_be_bytes());
+    } else {
+        out.put(&[0xcf]);
+        out.put(&v.to_be_bytes());
+    }
+}
+
+fn put_str(out: &mut impl Sink, s: &str) {
     let n = s.len();
     if n < 32 {
-        out.push(0xa0 | n as u8);
+        out.put(&[0xa0 | n as u8]);
     } else if n <= 0xff {
-        out.extend_from_slice(&[0xd9, n as u8]);
+        out.put(&[0xd9, n as u8]);
     } else if n <= 0xffff {
-        out.push(0xda);
-        out.extend_from_slice(&(n as u16).to_be_bytes());
+        out.put(&[0xda]);
+        out.put(&(n as u16).to_be_bytes());
     } else {
-        out.push(0xdb);
-        out.extend_from_slice(&(n as u32).to_be_bytes());
+        out.put(&[0xdb]);
+        out.put(&(n as u32).to_be_bytes());
     }
-    out.extend_from_slice(s.as_bytes());
+    out.put(s.as_bytes());
 }
 
-fn put_bin_header(out: &mut Vec<u8>, n: usize) {
+fn put_bin_header(out: &mut impl Sink, n: usize) {
     if n <= 0xff {
-        out.extend_from_slice(&[0xc4, n as u8]);
+        out.put(&[0xc4, n as u8]);
     } else if n <= 0xffff {
-        out.push(0xc5);
-        out.extend_from_slice(&(n as u16).to_be_bytes());
+        out.put(&[0xc5]);
+        out.put(&(n as u16).to_be_bytes());
     } else {
-        out.push(0xc6);
-        out.extend_from_slice(&(n as u32).to_be_bytes());
+        out.put(&[0xc6]);
+        out.put(&(n as u32).to_be_bytes());
     }
 }
 
-/// Bytes of the message before `data`'s payload: lets a producer write the
-/// header and then read file bytes straight into the same buffer.
+impl Frame<'_> {
+    /// Every field before the data's payload, the data's bin header last.
+    fn put_header(&self, out: &mut impl Sink) {
+        out.put(&[if self.file_mtime.is_some() { 0x9a } else { 0x99 }]);
+        put_str(out, self.filename);
+        put_bin_header(out, 64);
+        out.put(self.file_hash);
+        put_bin_header(out, 64);
+        out.put(self.chunk_hash);
+        put_uint(out, self.chunk_offset_write);
+        put_uint(out, self.chunk_i);
+        put_uint(out, self.n_total_chunks);
+        put_str(out, self.subdir_str);
+        put_str(out, self.filename_append);
+        put_bin_header(out, self.data_len);
+    }
+
+    /// What follows the data: the mtime of the 10-field form.
+    fn put_trailer(&self, out: &mut impl Sink) {
+        if let Some(m) = self.file_mtime {
+            out.put(&[0xcb]);
+            out.put(&m.to_bits().to_be_bytes());
+        }
+    }
+
+    /// Bytes of the message before the data's payload.
+    pub fn header_len(&self) -> usize {
+        let mut n = Count(0);
+        self.put_header(&mut n);
+        n.0
+    }
+
+    /// Bytes of the whole message.
+    pub fn encoded_len(&self) -> usize {
+        let mut n = Count(self.header_len().saturating_add(self.data_len));
+        self.put_trailer(&mut n);
+        n.0
+    }
+
+    /// The message, its data filled in place by `fill` (given exactly
+    /// `data_len` bytes, zeroed) after the header was written into the same
+    /// buffer: the data is never copied from one buffer into another.
+    pub fn encode_with<E>(&self, fill: impl FnOnce(&mut [u8]) -> Result<(), E>) -> Result<Vec<u8>, E> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.put_header(&mut out);
+        let start = out.len();
+        out.resize(start + self.data_len, 0);
+        if let Some(data) = out.get_mut(start..) {
+            fill(data)?;
+        }
+        self.put_trailer(&mut out);
+        Ok(out)
+    }
+}
+
+/// Exact length of `chunk`'s encoding: lets a producer size one buffer for the
+/// header and the data it then reads in place ([`Frame::encode_with`]).
 pub fn encoded_len(chunk: &Chunk<'_>) -> usize {
-    chunk.filename.len()
-        + chunk.subdir_str.len()
-        + chunk.filename_append.len()
-        + chunk.data.len()
-        + 2 * (64 + 2)
-        + 3 * 9
-        + 3 * 5
-        + 5
-        + 9
-        + 1
+    chunk.frame().encoded_len()
 }
 
 /// Appends the canonical encoding of `chunk` to `out`.
 pub fn encode_into(chunk: &Chunk<'_>, out: &mut Vec<u8>) {
-    out.reserve(encoded_len(chunk));
-    out.push(if chunk.file_mtime.is_some() { 0x9a } else { 0x99 });
-    put_str(out, chunk.filename);
-    put_bin_header(out, 64);
-    out.extend_from_slice(chunk.file_hash);
-    put_bin_header(out, 64);
-    out.extend_from_slice(chunk.chunk_hash);
-    put_uint(out, chunk.chunk_offset_write);
-    put_uint(out, chunk.chunk_i);
-    put_uint(out, chunk.n_total_chunks);
-    put_str(out, chunk.subdir_str);
-    put_str(out, chunk.filename_append);
-    put_bin_header(out, chunk.data.len());
-    out.extend_from_slice(chunk.data);
-    if let Some(m) = chunk.file_mtime {
-        out.push(0xcb);
-        out.extend_from_slice(&m.to_bits().to_be_bytes());
-    }
+    let frame = chunk.frame();
+    out.reserve(frame.encoded_len());
+    frame.put_header(out);
+    out.put(chunk.data);
+    frame.put_trailer(out);
 }
 
 pub fn encode(chunk: &Chunk<'_>) -> Vec<u8> {
     let mut out = Vec::new();
     encode_into(chunk, &mut out);
     out
+}
+
+/// Writes the canonical encoding of `chunk` into `out`, which must be exactly
+/// [`encoded_len`] bytes long; `None` (with `out` partly written) if it is not.
+pub fn encode_to_slice(chunk: &Chunk<'_>, out: &mut [u8]) -> Option<()> {
+    let frame = chunk.frame();
+    let mut sink = SliceSink { rest: out, fits: true };
+    frame.put_header(&mut sink);
+    sink.put(chunk.data);
+    frame.put_trailer(&mut sink);
+    (sink.fits && sink.rest.is_empty()).then_some(())
 }
 
 // ---------------------------------------------------------------------------
@@ -546,6 +664,49 @@ mod tests {
         assert_eq!(&b[after_hashes..after_hashes + 6], &[0x00, 0x01, 0xcd, 0x01, 0x7d, 0xb1]);
         assert_eq!(&b[b.len() - 9..], &[0xcb, 0x41, 0xd9, 0x54, 0xfc, 0x40, 0, 0, 0]);
         assert_eq!(b.len(), 16595);
+    }
+
+    #[test]
+    fn in_place_and_slice_encodings_are_the_canonical_bytes() {
+        let fh = [3u8; 64];
+        // Around every boundary where an integer, string or bin header grows.
+        for len in [0usize, 1, 255, 256, 65_535, 65_536, 70_000] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let ch = digest(&data);
+            for mtime in [None, Some(1_700_000_000.5)] {
+                for name in ["x", &"n".repeat(31), &"n".repeat(32), &"n".repeat(256)] {
+                    let c = Chunk { filename: name, file_mtime: mtime, ..sample(&data, &fh, &ch) };
+                    let canonical = encode(&c);
+                    assert_eq!(encoded_len(&c), canonical.len());
+                    let frame = c.frame();
+                    assert_eq!(&canonical[frame.header_len()..][..len], &data[..]);
+                    let in_place = frame
+                        .encode_with(|buf: &mut [u8]| {
+                            assert_eq!(buf.len(), len);
+                            buf.copy_from_slice(&data);
+                            Ok::<(), ()>(())
+                        })
+                        .unwrap();
+                    assert_eq!(in_place, canonical);
+                    let mut out = vec![0u8; canonical.len()];
+                    assert_eq!(encode_to_slice(&c, &mut out), Some(()));
+                    assert_eq!(out, canonical);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_slice_of_the_wrong_size_is_refused_without_panicking() {
+        let fh = [3u8; 64];
+        let data = [9u8; 300];
+        let ch = digest(&data);
+        let c = sample(&data, &fh, &ch);
+        let n = encoded_len(&c);
+        for len in [0, 1, n - 1, n + 1] {
+            assert_eq!(encode_to_slice(&c, &mut vec![0u8; len]), None, "{len}");
+        }
+        assert_eq!(c.frame().encode_with(|_| Err("no")), Err("no"));
     }
 
     #[test]

@@ -215,3 +215,28 @@ def test_chunks_reassemble(tmp_path: Path) -> None:
 def test_huge_count_means_all_remaining_chunks(tmp_path: Path) -> None:
     fc = _core.FileChunker(write(tmp_path / "f", content(3 * CHUNK)), CHUNK)
     assert len(fc.messages(2, 2**64 - 1, "", "f")) == 2
+
+
+def test_after_close_a_chunk_is_read_again_alone_and_checked_against_its_hash(
+    tmp_path: Path,
+) -> None:
+    body = content(3 * CHUNK)
+    path = write(tmp_path / "c.bin", body)
+    fc = _core.FileChunker(path, CHUNK)
+    before = [bytes(m) for m in fc.messages(1, 3, "s", "c.bin")]
+    fc.close()
+    assert fc.closed
+    changed = bytearray(body)
+    changed[2 * CHUNK] ^= 0xFF  # in chunk 3 only
+    other = write(tmp_path / "new", bytes(changed))
+    other.replace(path)  # the path now names another file
+    (again,) = fc.messages(2, 1, "s", "c.bin")
+    assert bytes(again) == before[1]
+    assert [bytes(m) for m in fc.messages(1, 1, "s", "c.bin")] == before[:1]
+    with pytest.raises(ValueError, match="changed while it was being sent") as info:
+        fc.messages(3, 1, "s", "c.bin")
+    assert str(path) in str(info.value) and "chunk 3" in str(info.value)
+    path.unlink()
+    with pytest.raises(FileNotFoundError):
+        fc.messages(2, 1, "s", "c.bin")
+    assert fc.n_chunks == 3 and fc.file_hash == hashlib.sha512(body).digest()

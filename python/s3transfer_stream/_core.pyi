@@ -413,7 +413,17 @@ class FileChunker:
     ) -> list[Buffer]:
         """Messages of chunks ``first..first+count`` (1-based, clipped to the file).
 
-        Raises :class:`~s3transfer_stream.errors.FileChangedError` (a ``ValueError``)
-        naming the file if it changed since construction, and ``ValueError`` for a
-        ``first`` of 0.
+        Each chunk is read from the file opened at construction and checked against
+        the CRC64NVME of the first pass; after :meth:`close`, from the path opened
+        again for this call, each chunk checked against its recorded chunk hash.
+        Only the chunks asked for are read. Raises
+        :class:`~s3transfer_stream.errors.FileChangedError` (a ``ValueError``) naming
+        the file if a chunk read differs from the one hashed at construction (or the
+        last one is read and the file's size changed), ``OSError`` if it cannot be
+        read, and ``ValueError`` for a ``first`` of 0.
         """
+    def close(self) -> None:
+        """Closes the file (waiting for ``messages`` calls reading it); the size,
+        hashes and later ``messages`` calls stay available."""
+    @property
+    def closed(self) -> bool: ...

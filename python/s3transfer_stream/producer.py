@@ -323,7 +323,9 @@ def send_file(
             try:
                 buffers = chunker.messages(first, count, subdir, filename, filename_append)
             except (ValueError, OSError) as exc:
-                failures.append(TransferError(f"cannot send {path}: {exc}"))
+                failure = TransferError(f"cannot send {path}: {exc}")
+                failure.__cause__ = exc  # a caller tells a changed file from an unreadable one
+                failures.append(failure)
                 halt.set()
                 return
             for offset, buffer in enumerate(buffers):
@@ -979,7 +981,8 @@ class DirectoryUploader:
         with self._lock:
             self._active[rel] = job
         self._send(job, chunks)
-        job.chunker = None  # closes the file; a retry opens it again
+        # Keeps the hashes for a resend, not the file: a resend opens it again.
+        chunker.close()
 
     def _unchanged(self, rel: str, st: os.stat_result, previous: _Version | None) -> bool:
         """A completed file is skipped unless it was modified since it was sent."""
@@ -1008,7 +1011,7 @@ class DirectoryUploader:
                 except OSError as exc:
                     self._log.warning(f"could not write {table.path}: {exc}")
 
-    def _send(self, job: _Job, chunks: list[int]) -> None:
+    def _send(self, job: _Job, chunks: list[int], *, reraise: bool = False) -> None:
         try:
             send_file(
                 self.producer,
@@ -1026,24 +1029,27 @@ class DirectoryUploader:
                 chunker=job.chunker,
             )
         except TransferError as exc:
+            if reraise:
+                raise
             self._abort(job, f"{exc}; it will be sent again in full")
             self._repend(job.rel)
 
     def _retry(self, job: _Job, chunk_i: int) -> None:
+        """Send chunk ``chunk_i`` of ``job`` again: the closed chunker reads just that
+        chunk from the file and checks it against the chunk hash it recorded when the
+        file was first hashed (the rest of the file may have changed since; the chunks
+        already delivered are of the version hashed, and a change is sent later as a
+        new version)."""
         if job.aborted or job.done:
             return
         try:
-            chunker = _core.FileChunker(job.path, self.chunk_size)
-        except OSError as exc:
-            self._fail(job, f"cannot read it again to resend chunk {chunk_i} ({exc})")
-            return
-        if bytes(chunker.file_hash).hex() != job.version.file_hash:
-            self._abort(job, "it changed before a failed chunk could be resent; sending it again")
+            self._send(job, [chunk_i], reraise=True)
+        except TransferError as exc:
+            if isinstance(exc.__cause__, OSError):
+                self._fail(job, f"cannot read it again to resend chunk {chunk_i} ({exc.__cause__})")
+                return
+            self._abort(job, f"{exc}; it will be sent again in full")
             self._repend(job.rel)
-            return
-        job.chunker = chunker
-        self._send(job, [chunk_i])
-        job.chunker = None
 
     def _on_delivery(self, job: _Job, chunk_i: int, error: KafkaError | None) -> None:
         if job.aborted:
