@@ -25,6 +25,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import s3transfer_stream
 from helpers import (
     CHUNK,
     ProcessorRun,
@@ -274,7 +275,14 @@ def test_collector_counts_what_the_processor_did(idle_processor: Any) -> None:
     assert value(m, "s3ts_partition_lag_messages", **part) == 7
     assert value(m, "s3ts_partitions_assigned") == 1
     assert value(m, "s3ts_s3_reachable") == 1
-    info = value(m, "s3ts_processor_info", topic="t", group="g", bucket="bkt", version="0.1.0")
+    info = value(
+        m,
+        "s3ts_processor_info",
+        topic="t",
+        group="g",
+        bucket="bkt",
+        version=s3transfer_stream.__version__,
+    )
     assert info == 1
     assert ("s3ts_broker_reachable", frozenset()) not in m  # no probe given
 
@@ -534,7 +542,10 @@ def test_upload_file_hook_counts_messages_bytes_and_the_file() -> None:
     hook2(1, None)
     m = parse(generate_latest(pm.registry).decode())
     assert value(m, "s3ts_files_produced_total") == 1
-    assert value(m, "s3ts_upload_data_file_info", topic="t", version="0.1.0") == 1
+    assert (
+        value(m, "s3ts_upload_data_file_info", topic="t", version=s3transfer_stream.__version__)
+        == 1
+    )
 
 
 @pytest.mark.integration
@@ -619,7 +630,15 @@ def test_data_file_upload_directory_serves_metrics(
         assert value(m, "s3ts_files_failed") == 0
         assert value(m, "s3ts_files_in_progress") == 0
         assert value(m, "s3ts_uploader_threads_alive") >= 3
-        assert value(m, "s3ts_data_file_upload_directory_info", topic=topic, version="0.1.0") == 1
+        assert (
+            value(
+                m,
+                "s3ts_data_file_upload_directory_info",
+                topic=topic,
+                version=s3transfer_stream.__version__,
+            )
+            == 1
+        )
         assert get(f"{url}/healthz")[0] == 200
         status, text = get(f"{url}/ready")
         assert status == 200 and "broker: ok" in text, text

@@ -6,6 +6,8 @@ hashing, reassembly) is done by the Rust extension ``s3transfer_stream._core``.
 
 from __future__ import annotations
 
+from importlib.metadata import version as _distribution_version
+
 from .errors import (
     ChunkError,
     ChunkHashError,
@@ -16,7 +18,8 @@ from .errors import (
     TransferError,
 )
 
-__version__ = "0.1.0"
+#: Cargo.toml's version, which maturin writes into the package metadata.
+__version__ = _distribution_version("s3transfer-stream")
 
 __all__ = [
     "ChunkError",

@@ -13,8 +13,9 @@ from __future__ import annotations
 import base64
 import io
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any, Literal, cast, get_args
 from urllib.parse import quote
 
 import boto3
@@ -26,11 +27,16 @@ from .config import S3Settings
 from .errors import TransferError
 from .logs import get_logger
 
+if TYPE_CHECKING:  # boto3-stubs[s3], a dev dependency: types only
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
+
 #: Anything with the buffer protocol (``bytes``, ``memoryview``, ``_core.Buffer``).
 BufferLike = Any
 
 #: Validation modes: compare server-reported checksums, or re-read the whole object.
-VALIDATE_CHOICES = ("checksum", "full")
+Validate = Literal["checksum", "full"]
+VALIDATE_CHOICES: tuple[Validate, ...] = get_args(Validate)
 
 
 def b64_crc64(value: int) -> str:
@@ -81,7 +87,7 @@ class BufferReader(io.RawIOBase):
         return n
 
 
-def make_client(settings: S3Settings, *, max_connections: int = 16) -> Any:
+def make_client(settings: S3Settings, *, max_connections: int = 16) -> S3Client:
     """A boto3 S3 client for the configured endpoint.
 
     Path-style addressing (S3-compatible servers on a host name or IP rarely do
@@ -192,7 +198,7 @@ def error_code(err: BaseException) -> str:
     return type(err).__name__
 
 
-def check_bucket(client: Any, bucket: str) -> None:
+def check_bucket(client: S3Client, bucket: str) -> None:
     """Fails early, with the bucket and endpoint named, if the bucket is not usable."""
     try:
         client.head_bucket(Bucket=bucket)
@@ -231,10 +237,10 @@ class ObjectStore:
 
     def __init__(
         self,
-        client: Any,
+        client: S3Client,
         bucket: str,
         *,
-        validate: str = "checksum",
+        validate: Validate = "checksum",
         group: str = "",
         member: str = "",
     ) -> None:
@@ -273,7 +279,7 @@ class ObjectStore:
                 r = self.client.put_object(
                     Bucket=self.bucket,
                     Key=key,
-                    Body=BufferReader(data),
+                    Body=_body(data),
                     ChecksumCRC64NVME=value,
                     **extra,
                 )
@@ -288,7 +294,7 @@ class ObjectStore:
                             "The S3 server does not accept CRC64NVME checksums "
                             f"({describe_client_error(err)}); uploading without them"
                         )
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=BufferReader(data), **extra)
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=_body(data), **extra)
         return {}
 
     def stored_position(self, key: str) -> tuple[str, str] | None:
@@ -321,13 +327,13 @@ class ObjectStore:
 
     def upload_part(
         self, key: str, upload_id: str, number: int, data: BufferLike, crc64nvme: int
-    ) -> dict[str, Any]:
+    ) -> CompletedPartTypeDef:
         r = self.client.upload_part(
             Bucket=self.bucket,
             Key=key,
             UploadId=upload_id,
             PartNumber=number,
-            Body=BufferReader(data),
+            Body=_body(data),
             ChecksumCRC64NVME=b64_crc64(crc64nvme),
         )
         return {"PartNumber": number, "ETag": r["ETag"], "ChecksumCRC64NVME": b64_crc64(crc64nvme)}
@@ -336,7 +342,7 @@ class ObjectStore:
         self,
         key: str,
         upload_id: str,
-        parts: list[dict[str, Any]],
+        parts: list[CompletedPartTypeDef],
         crc64nvme: int,
         *,
         condition: Condition | None = None,
@@ -346,7 +352,7 @@ class ObjectStore:
             Bucket=self.bucket,
             Key=key,
             UploadId=upload_id,
-            MultipartUpload={"Parts": sorted(parts, key=lambda p: int(p["PartNumber"]))},
+            MultipartUpload={"Parts": sorted(parts, key=lambda p: p.get("PartNumber", 0))},
             ChecksumCRC64NVME=value,
             ChecksumType="FULL_OBJECT",
             **_write_extra("", condition),
@@ -354,12 +360,9 @@ class ObjectStore:
         return _sent(value, r)
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
-        try:
-            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-        except (ClientError, BotoCoreError) as err:
-            self._log.warning(
-                f"Could not abort the multipart upload of {self.bucket}/{key}: {describe_client_error(err)}"
-            )
+        """Raises what S3 answered: the caller keeps the upload recorded as open
+        unless the abort went through."""
+        self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
 
     # -- validation ------------------------------------------------------------
 
@@ -468,7 +471,12 @@ def newer_position(stored: str, ours: str) -> bool:
 CONFIRMED = "confirmed"
 
 
-def _sent(value: str, response: dict[str, Any]) -> dict[str, str]:
+def _body(data: BufferLike) -> IO[bytes]:
+    # A BufferReader is a binary stream; typeshed's io classes are not typing.IO.
+    return cast("IO[bytes]", BufferReader(data))
+
+
+def _sent(value: str, response: Mapping[str, Any]) -> dict[str, str]:
     out = {"ChecksumCRC64NVME": value}
     got = response.get("ChecksumCRC64NVME")
     if got:

@@ -80,17 +80,20 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import unquote_plus
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .s3 import describe_client_error
+
+if TYPE_CHECKING:  # boto3-stubs[s3], a dev dependency: types only
+    from mypy_boto3_s3 import S3Client
 
 #: Record files one ``LOGS/`` directory can hold for one stem (concurrent processes).
 MAX_SLOTS = 64
@@ -281,7 +284,7 @@ class OpenUploads:
 
     def sweep(
         self,
-        client: Any,
+        client: S3Client,
         bucket: str,
         prefix: str,
         *,
@@ -413,7 +416,7 @@ def _read_record(path: Path, log: logging.Logger) -> dict[str, LeftOpen]:
 
 
 def abort_stale_uploads(
-    client: Any,
+    client: S3Client,
     bucket: str,
     prefix: str,
     *,
@@ -482,7 +485,7 @@ def abort_stale_uploads(
 
 
 def _list_uploads(
-    client: Any, bucket: str, prefix: str, log: logging.Logger, page_size: int
+    client: S3Client, bucket: str, prefix: str, log: logging.Logger, page_size: int
 ) -> tuple[list[tuple[str, str, datetime | None]], datetime, bool]:
     """Every open upload under ``prefix`` as (key, upload id, initiated), the
     server's time at the first answer, and whether the listing was read to its end."""
@@ -539,7 +542,7 @@ def _list_uploads(
 
 
 def _last_part_time(
-    client: Any, bucket: str, key: str, upload_id: str, log: logging.Logger
+    client: S3Client, bucket: str, key: str, upload_id: str, log: logging.Logger
 ) -> tuple[bool, datetime | None]:
     """(known, when the upload's newest part arrived or None if it has none);
     known is False if that cannot be learnt (the upload is then left alone)."""
@@ -572,7 +575,7 @@ def _last_part_time(
 CLOCK_TOLERANCE_SECONDS = 2.0
 
 
-def _server_time(page: dict[str, Any]) -> datetime:
+def _server_time(page: Mapping[str, Any]) -> datetime:
     """Now, on the server's clock: ours, unless the answer's ``Date`` header says
     the server's clock differs by more than the header's resolution (then the
     header's time, plus half its resolution)."""

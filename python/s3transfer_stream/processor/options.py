@@ -6,6 +6,10 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..s3 import Validate
 
 MiB = 1 << 20
 
@@ -20,7 +24,7 @@ class ProcessorOptions:
     part_size: int = 8 * MiB
     max_parts_in_flight: int = 4
     max_buffered: int = 1024 * MiB
-    validate: str = "checksum"
+    validate: Validate = "checksum"
     download_regex: re.Pattern[str] | None = None
     commit_interval: float = 2.0
     batch_size: int = 16

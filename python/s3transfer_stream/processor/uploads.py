@@ -23,7 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from botocore.exceptions import ClientError
 
@@ -43,6 +43,9 @@ from ..s3 import (
 from ..stale_uploads import OpenUploads
 from .ledger import Ledger
 from .options import ProcessorOptions, Stats, TransferResult
+
+if TYPE_CHECKING:  # boto3-stubs[s3], a dev dependency: types only
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
 T = TypeVar("T")
 
@@ -125,7 +128,7 @@ class FileUpload:
     parts_lock: threading.Lock = field(default_factory=threading.Lock)
     upload_id: str | None = None
     upload_started: datetime | None = None
-    parts: list[Future[dict[str, Any] | None]] = field(default_factory=list)
+    parts: list[Future[CompletedPartTypeDef | None]] = field(default_factory=list)
     error: str | None = None
     ignored: bool = False
     offsets: list[tuple[int, list[tuple[int, int]]]] = field(default_factory=list)
@@ -377,7 +380,7 @@ class Uploader:
 
     def _upload_part(
         self, fu: FileUpload, number: int, data: Any, crc: int
-    ) -> dict[str, Any] | None:
+    ) -> CompletedPartTypeDef | None:
         try:
             with fu.lock:
                 if fu.upload_id is None and fu.error is None and not fu.dropped:
