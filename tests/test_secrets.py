@@ -431,3 +431,22 @@ def test_a_secret_is_never_in_an_error_or_repr(tmp_path: Path, monkeypatch: Any)
     for text in shown:
         for n in needles:
             assert n not in text, (n, text)
+
+
+def test_the_processors_kafka_error_callback_redacts(caplog: pytest.LogCaptureFixture) -> None:
+    """librdkafka's error texts may quote settings back; the processor's error
+    callback logs them redacted against the consumer settings."""
+    import logging
+
+    from confluent_kafka import KafkaError
+    from s3transfer_stream.processor.main import S3TransferStreamProcessor
+
+    secret = f"sasl{TOKEN}"
+    proc = S3TransferStreamProcessor.__new__(S3TransferStreamProcessor)
+    proc.log = logging.getLogger("test-secrets")
+    proc._kafka_settings = {"sasl.password": secret, "bootstrap.servers": "127.0.0.1:1"}
+    err = KafkaError(KafkaError._AUTHENTICATION, f"SASL authentication failed with {secret}")
+    with caplog.at_level(logging.WARNING):
+        proc._on_kafka_error(err)
+    assert "SASL authentication failed with ***" in caplog.text
+    assert secret not in caplog.text

@@ -22,7 +22,7 @@ from confluent_kafka.admin import AdminClient
 from ..config import TransferConfig
 from ..errors import TransferError
 from ..journal import TransferJournal
-from ..kafka import client_log_settings
+from ..kafka import client_log_settings, redact
 from ..logs import get_logger
 from ..metrics import NO_METRICS, ProcessorHooks
 from ..registry import PRIVATE_PREFIX, StreamRegistry, private_name_token
@@ -87,6 +87,7 @@ class S3TransferStreamProcessor:
         )
         self._threads: list[threading.Thread] = []
         self._thread_errors: list[BaseException] = []
+        self._kafka_settings: dict[str, Any] = {}
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -110,6 +111,7 @@ class S3TransferStreamProcessor:
         settings, incremental = consumer_settings(
             dict(self.config.consumer_settings(o.group_id)), self.log
         )
+        self._kafka_settings = dict(settings)  # what error texts are redacted against
         settings["error_cb"] = self._on_kafka_error
         settings.update(client_log_settings())
         for i in range(o.n_threads):
@@ -301,7 +303,8 @@ class S3TransferStreamProcessor:
 
     def _on_kafka_error(self, err: Any) -> None:
         level = self.log.error if err.fatal() else self.log.warning
-        level(f"Kafka: {err.str()}")
+        # librdkafka's texts can quote settings back (a SASL error its username).
+        level(f"Kafka: {redact(err.str(), self._kafka_settings)}")
 
 
 def member_id() -> str:
