@@ -1,0 +1,339 @@
+"""KafkaCrypto-encrypted chunk topics (issue 12, stage 1), against the real broker.
+
+Fresh nodes are provisioned by services/kafkacrypto.sh; OpenMSIStream 1.8.8's
+UploadDataFile (its own venv, services/openmsistream-peer.sh) produces an encrypted file;
+a plain confluent_kafka consumer reads the raw topic; s3transfer_stream.crypto decrypts
+it into chunks our decoder accepts. The processor and our producers do not encrypt yet.
+"""
+
+from __future__ import annotations
+
+import configparser
+import importlib.util
+import os
+import random
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from peer import Program, install_peer, tail
+from s3transfer_stream import _core
+from s3transfer_stream.crypto import (
+    CryptoError,
+    CryptoNode,
+    Decrypted,
+    DecryptOptions,
+    KafkaCryptoSettings,
+    NotYetDecryptable,
+)
+from s3transfer_stream.kafka import create_topic, delete_topic
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "services" / "kafkacrypto.sh"
+CHUNK = 16384
+
+needs_extra = pytest.mark.skipif(
+    importlib.util.find_spec("kafkacrypto") is None,
+    reason="the crypto extra is not installed (bash services/kafkacrypto.sh install, "
+    "or pip install s3transfer-stream[crypto])",
+)
+
+
+# --------------------------------------------------------------------- settings (no broker)
+
+
+def _node_dir(root: Path, node_id: str) -> Path:
+    node = root / node_id
+    node.mkdir(parents=True)
+    (node / f"{node_id}.config").write_text(f"[DEFAULT]\nnode_id : {node_id}\n")
+    return node
+
+
+def test_node_id_is_found_beside_the_config_file(tmp_path: Path) -> None:
+    _node_dir(tmp_path, "lab_node")
+    cfg = tmp_path / "enc.config"
+    cfg.write_text("[kafkacrypto]\nnode_id = lab_node\n")
+    found = KafkaCryptoSettings.from_config_file(cfg)
+    assert found is not None
+    assert found.node_config == (tmp_path / "lab_node" / "lab_node.config").resolve()
+
+
+def test_config_file_keeps_a_path_that_starts_with_file_letters(tmp_path: Path) -> None:
+    # OpenMSIStream strips any leading f/i/l/e/# characters; only "file#" may go.
+    node = _node_dir(tmp_path / "files", "n1")
+    cfg = tmp_path / "enc.config"
+    cfg.write_text(f"[kafkacrypto]\nconfig_file = file#{node / 'n1.config'}\n")
+    found = KafkaCryptoSettings.from_config_file(cfg)
+    assert found is not None and found.node_config == (node / "n1.config").resolve()
+
+
+def test_a_missing_node_is_reported_with_where_it_was_looked_for(tmp_path: Path) -> None:
+    cfg = tmp_path / "enc.config"
+    cfg.write_text("[kafkacrypto]\nnode_id = nowhere\n")
+    with pytest.raises(CryptoError, match=r"nowhere.*nowhere\.config"):
+        KafkaCryptoSettings.from_config_file(cfg)
+    plain = tmp_path / "plain.config"
+    plain.write_text("[broker]\nbootstrap.servers = x\n")
+    assert KafkaCryptoSettings.from_config_file(plain) is None
+
+
+# --------------------------------------------------------------------- provisioning
+
+
+def provision(directory: Path, topic: str, prefix: str) -> dict[str, Path]:
+    env = os.environ.copy()
+    # A fixed pair of passwords would make every run one trust domain; let it pick.
+    env.pop("S3TS_KC_ROT_PASSWORD", None)
+    env.pop("S3TS_KC_PROVISIONING_PASSWORD", None)
+    res = subprocess.run(
+        [
+            *("bash", str(SCRIPT), "provision", str(directory)),
+            *("--topic", topic, "--prefix", prefix, "--sub-interval", "5"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert res.returncode == 0, f"provisioning failed:\n{tail(res.stderr)}"
+    nodes = dict(line.split("\t", 1) for line in res.stdout.splitlines() if "\t" in line)
+    return {node_id: Path(path) for node_id, path in nodes.items()}
+
+
+@needs_extra
+def test_provisioned_nodes_have_openmsistream_layout_and_trust_only_their_root(
+    tmp_path: Path,
+) -> None:
+    nodes = provision(tmp_path, "layout_topic", "lay")
+    assert sorted(nodes) == ["lay_consumer", "lay_outsider", "lay_producer"]
+    for node_id, path in nodes.items():
+        assert path == tmp_path / node_id / f"{node_id}.config"
+        for suffix in (".crypto", ".seed"):
+            secret = path.with_suffix(suffix)
+            assert secret.is_file() and secret.stat().st_mode & 0o077 == 0, secret
+        parser = configparser.ConfigParser(delimiters=(":",), interpolation=None)
+        parser.read(path)
+        # KafkaCrypto seeds every new store with a built-in temporary root of trust.
+        trusted = set(parser.options(f"{node_id}-allowlist")) - set(parser.defaults())
+        assert trusted == {"rot0"}, node_id
+        assert parser.get(f"{node_id}-kafka", "security_protocol") == "PLAINTEXT"
+    roots = {parser_rot(p) for p in nodes.values()}
+    assert len(roots) == 2, "producer and consumer share a root; the outsider has its own"
+
+
+def parser_rot(path: Path) -> str:
+    parser = configparser.ConfigParser(delimiters=(":",), interpolation=None)
+    parser.read(path)
+    node_id = parser.get("DEFAULT", "node_id")
+    return parser.get(f"{node_id}-allowlist", "rot0")
+
+
+# --------------------------------------------------------------------- OpenMSIStream -> raw topic
+
+
+@dataclass
+class Encrypted:
+    topic: str
+    source: bytes
+    name: str
+    marker: bytes
+    nodes: dict[str, Path]
+    # (partition, offset, key, value) of every raw message
+    raw: list[tuple[int, int, bytes | None, bytes]]
+    holder: CryptoNode
+    broker: dict[str, str]
+
+
+def read_raw(
+    bootstrap: str, topic: str, timeout: float = 60
+) -> list[tuple[int, int, bytes | None, bytes]]:
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"raw-{uuid.uuid4().hex[:8]}"}
+        | {"enable.auto.commit": False}
+    )
+    try:
+        parts = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), 10)[1] for p in parts}
+        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+        pos = dict.fromkeys(parts, 0)
+        out: list[tuple[int, int, bytes | None, bytes]] = []
+        deadline = time.monotonic() + timeout
+        while any(pos[p] < ends[p] for p in parts):
+            assert time.monotonic() < deadline, f"could not read {topic} to its end"
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            out.append((msg.partition(), msg.offset(), msg.key(), msg.value()))
+            pos[msg.partition()] = msg.offset() + 1
+        return out
+    finally:
+        consumer.close()
+
+
+@pytest.fixture(scope="module")
+def encrypted(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Encrypted]:
+    if importlib.util.find_spec("kafkacrypto") is None:
+        pytest.skip("the crypto extra is not installed (bash services/kafkacrypto.sh install)")
+    try:
+        peer_python = install_peer()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    tmp = tmp_path_factory.mktemp("crypto")
+    # No "." in the name: KafkaCrypto keys a topic by its name up to the first ".".
+    topic = f"enc_{uuid.uuid4().hex[:10]}"
+    key_topics = [f"{topic}.keys", f"{topic}.reqs", f"{topic}.subs"]
+    create_topic(kafka_bootstrap, topic, 3)
+    for name in key_topics:
+        create_topic(kafka_bootstrap, name, 1)
+    prefix = f"n{uuid.uuid4().hex[:6]}"
+    nodes = provision(tmp, topic, prefix)
+    producer_node = f"{prefix}_producer"
+
+    marker = f"S3TS-PLAINTEXT-{uuid.uuid4().hex}".encode()
+    # A marker at the start of every 4 KiB block: every chunk holds several copies.
+    rng = random.Random(12)
+    block = 4096 - len(marker)
+    source = b"".join(marker + rng.randbytes(block) for _ in range(40))
+    name = f"secret-name-{uuid.uuid4().hex[:8]}.dat"
+    upload_dir = tmp / "upload"
+    upload_dir.mkdir()
+    (upload_dir / name).write_bytes(source)
+    cfg = tmp / "producer_encrypted.config"
+    cfg.write_text(
+        f"[kafkacrypto]\nnode_id = {producer_node}\n\n"
+        f"[broker]\nbootstrap.servers = {kafka_bootstrap}\n\n"
+        "[producer]\nbatch.size = 200000\nlinger.ms = 100\ncompression.type = lz4\n"
+        "key.serializer = StringSerializer\nvalue.serializer = DataFileChunkSerializer\n"
+    )
+    up = Program(
+        "oms-UploadDataFile-encrypted",
+        [
+            *(str(peer_python.parent / "UploadDataFile"), str(upload_dir / name)),
+            *("--config", str(cfg), "--topic_name", topic, "--chunk_size", str(CHUNK)),
+        ],
+        tmp,
+        cwd=tmp,
+    )
+    rc = up.wait(120)
+    assert rc == 0, f"OpenMSIStream UploadDataFile exited {rc}:\n{tail(up.output())}"
+    raw = read_raw(kafka_bootstrap, topic)
+    saved = configparser.ConfigParser(delimiters=(":",), interpolation=None)
+    saved.read(nodes[producer_node])
+    assert saved.has_option(f"{producer_node}-crypto", "oldkeys"), (
+        "UploadDataFile exited before KafkaCrypto saved the keys it used; no consumer can "
+        f"ever get them:\n{tail(up.output())}"
+    )
+
+    broker = {"bootstrap.servers": kafka_bootstrap}
+    # KafkaCrypto hands keys over only from a running producer node, and UploadDataFile
+    # has exited: the same node, started again, answers the consumers' requests.
+    holder = CryptoNode(KafkaCryptoSettings(nodes[producer_node]), broker)
+    holder.serve_keys(topic)
+    try:
+        yield Encrypted(topic, source, name, marker, nodes, raw, holder, broker)
+    finally:
+        holder.close()
+        try:
+            delete_topic(kafka_bootstrap, [topic, *key_topics])
+        except Exception:  # cleanup only; the broker's data dir is throwaway
+            pass
+
+
+@pytest.mark.integration
+def test_the_raw_topic_holds_no_plaintext(encrypted: Encrypted) -> None:
+    n_chunks = -(-len(encrypted.source) // CHUNK)
+    assert len(encrypted.raw) == n_chunks
+    for partition, offset, key, value in encrypted.raw:
+        where = f"{encrypted.topic}[{partition}]@{offset}"
+        assert encrypted.marker not in value, f"{where}: file bytes in the clear"
+        assert key is not None and encrypted.name.encode() not in key, f"{where}: key in clear"
+        assert encrypted.name.encode() not in value, f"{where}: file name in the clear"
+        assert value[:1] == b"\x01" and key[:1] == b"\x01", f"{where}: not KafkaCrypto output"
+
+
+@pytest.mark.integration
+def test_the_consumer_node_decrypts_into_chunks_of_the_identical_file(
+    encrypted: Encrypted,
+) -> None:
+    consumer = encrypted.nodes[next(n for n in encrypted.nodes if n.endswith("_consumer"))]
+    node = CryptoNode(KafkaCryptoSettings(consumer), encrypted.broker)
+    try:
+        pieces: dict[int, bytes] = {}
+        seen: set[int] = set()
+        for partition, offset, key, value in encrypted.raw:
+            got = node.decrypt(encrypted.topic, partition, offset, key, value)
+            assert isinstance(got, Decrypted), str(got)
+            chunk = _core.decode_chunk(got.value)
+            assert chunk.filename == encrypted.name and chunk.subdir_str == ""
+            assert chunk.file_hash == _core.sha512(encrypted.source)
+            assert got.key is not None
+            assert got.key.decode() == _core.message_key(
+                "", chunk.filename, chunk.chunk_i, chunk.n_total_chunks
+            )
+            assert chunk.chunk_i not in seen
+            seen.add(chunk.chunk_i)
+            pieces[chunk.chunk_offset_write] = chunk.data
+        assert seen == set(range(1, len(encrypted.raw) + 1))
+        assert b"".join(pieces[o] for o in sorted(pieces)) == encrypted.source
+    finally:
+        node.close()
+
+
+@pytest.mark.integration
+def test_a_node_under_another_root_of_trust_cannot_decrypt_and_says_where(
+    encrypted: Encrypted,
+) -> None:
+    outsider = encrypted.nodes[next(n for n in encrypted.nodes if n.endswith("_outsider"))]
+    options = DecryptOptions(max_wait_per_decrypt=1.0, max_initial_wait_per_decrypt=3.0)
+    node = CryptoNode(KafkaCryptoSettings(outsider), encrypted.broker, options=options)
+    try:
+        partition, offset, key, value = encrypted.raw[0]
+        got = node.decrypt(encrypted.topic, partition, offset, key, value)
+        assert isinstance(got, NotYetDecryptable), got
+        assert got.possibly_decryptable and got.parts == ("key", "value")
+        text = str(got)
+        assert f"topic {encrypted.topic} partition {partition} offset {offset}" in text
+        assert "no decryption key" in text and f"{encrypted.topic}.reqs" in text
+        # After the first failure the shorter per-message wait applies.
+        partition, offset, key, value = encrypted.raw[-1]
+        again = node.decrypt(encrypted.topic, partition, offset, key, value)
+        assert isinstance(again, NotYetDecryptable) and again.waited < 3.0 + 2.0
+    finally:
+        node.close()
+
+
+@pytest.mark.integration
+def test_plaintext_in_an_encrypted_topic_is_refused_unless_asked_for(
+    encrypted: Encrypted,
+) -> None:
+    consumer = encrypted.nodes[next(n for n in encrypted.nodes if n.endswith("_consumer"))]
+    value = _core.encode_chunk(
+        filename="p.dat",
+        data=b"plain",
+        chunk_offset_write=0,
+        chunk_i=1,
+        n_total_chunks=1,
+        file_hash=_core.sha512(b"plain"),
+        chunk_hash=_core.sha512(b"plain"),
+        subdir_str="",
+        filename_append="",
+    )
+    key = b"_p.dat_chunk_1_of_1"
+    node = CryptoNode(KafkaCryptoSettings(consumer), encrypted.broker)
+    try:
+        got = node.decrypt(encrypted.topic, 2, 99, key, bytes(value))
+        assert isinstance(got, NotYetDecryptable) and not got.possibly_decryptable
+        assert "partition 2 offset 99" in str(got)
+        node.options.treat_undecryptable_as_plaintext = True
+        passed = node.decrypt(encrypted.topic, 2, 99, key, bytes(value))
+        assert isinstance(passed, Decrypted) and passed.passed_through
+        assert passed.value == bytes(value) and passed.key == key
+    finally:
+        node.close()
