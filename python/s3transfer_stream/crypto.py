@@ -295,10 +295,15 @@ class CryptoNode:
         producer_cfg.update(broker)
         # The node files are passed as absolute paths: KafkaCrypto would otherwise open
         # them relative to the working directory, and changing that is process-wide.
-        self._kp: Any = _kc.KafkaProducer(**producer_cfg)
-        self._kc: Any = _kc.KafkaConsumer(**consumer_cfg)
+        self._exchange_producer: Any = _kc.KafkaProducer(**producer_cfg)
+        self._exchange_consumer: Any = _kc.KafkaConsumer(**consumer_cfg)
         self._crypto: Any = _kc.KafkaCrypto(
-            None, self._kp, self._kc, str(node_config), str(crypto_file), str(seed_file)
+            None,
+            self._exchange_producer,
+            self._exchange_consumer,
+            str(node_config),
+            str(crypto_file),
+            str(seed_file),
         )
         self._key_ser: Any = self._crypto.getKeySerializer()
         self._value_ser: Any = self._crypto.getValueSerializer()
@@ -398,7 +403,7 @@ class CryptoNode:
                 tuple(failed),
                 possibly_decryptable=not never,
                 waited=waited,
-                reason=self._why(topic, failed, never, value, waited),
+                reason=self._why(topic, never, value, waited),
             )
         out_value = plain.get("value")
         assert out_value is not None
@@ -422,9 +427,7 @@ class CryptoNode:
                 self.options.failed(part)
         return message
 
-    def _why(
-        self, topic: str, parts: Sequence[str], never: bool, value: bytes, waited: float
-    ) -> str:
+    def _why(self, topic: str, never: bool, value: bytes, waited: float) -> str:
         root = self._crypto.get_root(topic)
         if never:
             return (
@@ -473,7 +476,7 @@ def _key_index(raw: bytes) -> object:
 
 def is_encrypted(raw: bytes | None) -> bool:
     """True when ``raw`` looks like KafkaCrypto output (a cheap check, not a proof)."""
-    return bool(raw) and raw is not None and raw[0] == _ENCRYPTED_MARK
+    return raw is not None and len(raw) > 0 and raw[0] == _ENCRYPTED_MARK
 
 
 # ---------------------------------------------------------------- provisioning
