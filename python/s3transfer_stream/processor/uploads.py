@@ -1,4 +1,5 @@
-"""Uploads: parts, single PUTs, completion, validation, and what is recorded after.
+"""Uploads: parts, single PUTs, completion and validation (what is recorded
+after is in :mod:`.outcomes`, the state of one upload in :mod:`.upload_state`).
 
 The uploader acts on the ledger's events. What S3 can heal by itself (the
 server unreachable, timeouts, 5xx, throttling, refused credentials) is retried
@@ -11,6 +12,10 @@ registry, and only then settled, so its offsets are committed past.
 
 Uploads of one key are finished in the order their files completed, so an
 older instance that is slow to upload never overwrites a newer one.
+
+About 600 lines, on purpose: the part, single-PUT, completion and abort paths
+share each upload's locks, the two pools and the backlog count, and split
+apart each would have to reach into the others.
 """
 
 from __future__ import annotations
@@ -20,15 +25,14 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from botocore.exceptions import ClientError
 
 from .. import _core, failpoints
-from ..journal import JournalEntry, TransferJournal
+from ..journal import TransferJournal
 from ..metrics import NO_METRICS, ProcessorHooks
 from ..registry import ABANDONED, FAILED, MISMATCHED_HASH, StreamRegistry
 from ..s3 import (
@@ -42,7 +46,9 @@ from ..s3 import (
 )
 from ..stale_uploads import OpenUploads
 from .ledger import Ledger
-from .options import ProcessorOptions, Stats, TransferResult
+from .options import ProcessorOptions, Stats
+from .outcomes import RecordsOutcomes
+from .upload_state import Discarded, FileUpload, S3Health, ShuttingDown
 
 if TYPE_CHECKING:  # boto3-stubs[s3], a dev dependency: types only
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
@@ -53,105 +59,15 @@ T = TypeVar("T")
 FIRST_DELAY = 0.5
 MAX_DELAY = 20.0
 
-
 #: How long an abort waits for the file's parts already on the wire to end.
 PARTS_ON_THE_WIRE_WAIT = 120.0
 
 
-class ShuttingDown(Exception):
-    """Raised inside an upload that is given up because the process stops; its
-    file stays unsettled, so its offsets stay uncommitted."""
+class Uploader(RecordsOutcomes):
+    """Turns the ledger's events into S3 calls, on two pools: part workers (one
+    part each, bounded by the memory budget) and finishers (single PUTs,
+    completions, aborts)."""
 
-
-class Discarded(Exception):
-    """Raised inside a part upload of a file that will not be completed here."""
-
-
-class S3Health:
-    """Whether S3 answers, since when it does not, and the last reason."""
-
-    def __init__(self, log: logging.Logger) -> None:
-        self._log = log
-        self._lock = threading.Lock()
-        self.down_since: float | None = None
-        self.down_since_wall: datetime | None = None
-        self.last_error = ""
-        self._last_report = 0.0
-        self.waiting: Callable[[], int] = lambda: 0
-
-    @property
-    def reachable(self) -> bool:
-        return self.down_since is None
-
-    def failed(self, what: str, err: BaseException) -> None:
-        now = time.monotonic()
-        with self._lock:
-            self.last_error = f"{what}: {describe_client_error(err)}"  # type: ignore[arg-type]
-            first = self.down_since is None
-            if first:
-                self.down_since = now
-                self.down_since_wall = datetime.now().replace(microsecond=0)
-            if first or now - self._last_report >= 30.0:
-                self._last_report = now
-                since = self.down_since_wall.isoformat(sep=" ") if self.down_since_wall else "?"
-                self._log.warning(
-                    f"S3 unreachable since {since} ({self.last_error}); {self.waiting()} file(s) "
-                    "waiting, retrying with back-off; nothing is committed past them"
-                )
-
-    def ok(self) -> None:
-        if self.down_since is None:
-            return
-        with self._lock:
-            if self.down_since is None:
-                return
-            took = time.monotonic() - self.down_since
-            self.down_since = self.down_since_wall = None
-        self._log.info(f"S3 reachable again after {took:.0f} s; uploads go on")
-
-    def describe(self) -> str:
-        if self.down_since is None:
-            return "S3 reachable"
-        since = self.down_since_wall.isoformat(sep=" ") if self.down_since_wall else "?"
-        return f"S3 unreachable since {since}: {self.last_error}"
-
-
-@dataclass
-class FileUpload:
-    """Upload state of one file instance (as numbered by the ledger)."""
-
-    info: _core.FileInfo
-    key: str
-    first_message: datetime
-    # Parts of a file spread over partitions can arrive on two consumer threads at once.
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    parts_lock: threading.Lock = field(default_factory=threading.Lock)
-    upload_id: str | None = None
-    upload_started: datetime | None = None
-    parts: list[Future[CompletedPartTypeDef | None]] = field(default_factory=list)
-    error: str | None = None
-    ignored: bool = False
-    offsets: list[tuple[int, list[tuple[int, int]]]] = field(default_factory=list)
-    #: Set once this instance's upload is finished one way or another; the next
-    #: instance of the same key waits for it before writing.
-    finished: threading.Event = field(default_factory=threading.Event)
-    after: FileUpload | None = None
-    state: str = "receiving"
-    #: One of its partitions left this process while it was owned: another member
-    #: may write the key meanwhile, so the final write is conditional.
-    moved: bool = False
-    #: It will not be completed here (dropped by a revocation, failed, superseded,
-    #: abandoned): no more parts are sent, and its multipart upload is aborted once
-    #: the parts already on the wire have ended.
-    dropped: bool = False
-    #: Its multipart upload was aborted (once is enough: no part is sent after).
-    aborted: bool = False
-    #: time.monotonic() of its first and its last chunk (for the latency metrics).
-    started: float = field(default_factory=time.monotonic)
-    completed: float = 0.0
-
-
-class Uploader:
     def __init__(
         self,
         *,
@@ -331,10 +247,6 @@ class Uploader:
         # Reading the same bad bytes again cannot help: record, then commit past.
         self.metrics.file_failed("hash_mismatch" if ev.hash_mismatch else "bad_chunk")
         self._give_up(fu, status, ev.reason)
-
-    def _where(self, info: _core.FileInfo) -> str:
-        """Where a file's first chunk sits in the log, for messages about the file."""
-        return f"first chunk at {self.o.topic}[{info.first_partition}]@{info.first_offset}"
 
     def _culprit(self, ev: _core.FileFailed) -> str:
         """The message at which the file failed (else, if not known, its first chunk)."""
@@ -551,17 +463,6 @@ class Uploader:
                     continue  # written by someone else meanwhile: look again
                 raise
 
-    def _newer_in_bucket(self, fu: FileUpload) -> None:
-        info = fu.info
-        self.log.info(
-            f"Not writing {info.rel_output_path}: s3://{self.o.bucket}/{fu.key} already holds a "
-            "newer version, written by the member that took over its partition"
-        )
-        self._journal_not_transferred(fu, "superseded", "a newer version is in the bucket")
-        self.registry.discard_in_progress(info.rel_path, started_by=datetime.now())
-        self._pop(info.instance)
-        self.ledger.settle(info.instance)
-
     def _abort_older_uploads(self, key: str, ours: str, started: datetime) -> None:
         """Aborts open multipart uploads of ``key`` started no later than ours: those
         of a member that died (or lost the partition) while uploading the same
@@ -645,91 +546,7 @@ class Uploader:
             self._upload_failed(fu, f"validation failed: {v.text}", None)
             return
         failpoints.hit("validated")
-        entry = JournalEntry(
-            rel_path=info.rel_path,
-            filename=info.filename,
-            n_chunks=info.n_chunks,
-            key=fu.key,
-            size=size,
-            first_message=fu.first_message,
-            processed_at=datetime.now().replace(microsecond=0),
-            offsets=fu.offsets,
-            topic_id=self.topic_id,
-        )
-        self.journal.append(entry)
-        self.registry.register_processed(
-            info.rel_path,
-            info.filename,
-            info.n_chunks,
-            fu.first_message,
-            processed_at=entry.processed_at,
-        )
-        failpoints.hit("registered")
-        self._pop(info.instance)
-        self.ledger.settle(info.instance)
-        self.stats.transferred(TransferResult(info.rel_output_path, fu.key, size, parts, v.text))
-        self.metrics.file_transferred(fu.started, fu.completed)
-        how = f"{parts} parts" if parts else "single PUT"
-        self.log.info(
-            f"Transferred {info.rel_output_path} -> s3://{self.o.bucket}/{fu.key} ({size} bytes, {how}); validated: {v.text}"
-        )
-
-    def _upload_failed(self, fu: FileUpload, reason: str, err: BaseException | None) -> None:
-        info = fu.info
-        if err is not None and error_code(err) == "NoSuchUpload":
-            # The multipart upload vanished (aborted by someone else): its parts are
-            # gone from memory too, so only reading the file again can help. Keep it
-            # pinned; the next run re-reads it.
-            self.log.error(
-                f"Cannot finish {info.rel_output_path} -> s3://{self.o.bucket}/{fu.key}: {reason}; "
-                "it stays uncommitted and is transferred again by the next run"
-            )
-            self.held[info.instance] = (info.rel_output_path, reason)
-            self.registry.register_failed(
-                info.rel_path, info.filename, info.n_chunks, status=FAILED
-            )
-            fu.state = "held"
-            return
-        self.log.error(
-            f"Failed to transfer {info.rel_output_path} to s3://{self.o.bucket}/{fu.key} "
-            f"({self._where(info)}): {reason}; "
-            "recorded as failed and committed past (send the file again to retry it)"
-        )
-        self.metrics.file_failed("validation" if reason.startswith("validation") else "s3_refused")
-        self._give_up(fu, FAILED, reason)
-
-    def _journal_not_transferred(self, fu: FileUpload, outcome: str, reason: str) -> None:
-        """The durable record that the file's offsets are accounted for without a transfer."""
-        info = fu.info
-        self.journal.append(
-            JournalEntry(
-                rel_path=info.rel_path,
-                filename=info.filename,
-                n_chunks=info.n_chunks,
-                key=fu.key,
-                size=0,
-                first_message=fu.first_message,
-                processed_at=datetime.now().replace(microsecond=0),
-                offsets=fu.offsets,
-                topic_id=self.topic_id,
-                outcome=outcome,
-                reason=reason,
-            )
-        )
-
-    def _give_up(self, fu: FileUpload, status: str, reason: str) -> None:
-        """Records a file that will not be transferred, durably, then settles it."""
-        info = fu.info
-        self._journal_not_transferred(fu, status, reason)
-        self.registry.register_failed(info.rel_path, info.filename, info.n_chunks, status=status)
-        self._pop(info.instance)
-        self.ledger.settle(info.instance)
-        if status == ABANDONED:
-            self.stats.add(files_abandoned=1)
-            self.abandoned.append(info.rel_output_path)
-            del self.abandoned[:-50]
-        else:
-            self.stats.add(files_failed=1)
+        self._record_transferred(fu, size, parts, v)
 
     def abandon(
         self, info: _core.FileInfo, offsets: list[tuple[int, list[tuple[int, int]]]], why: str
