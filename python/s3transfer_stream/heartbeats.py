@@ -22,6 +22,9 @@ Everything here runs on one background thread with its own Kafka producer: the
 data path only ever bumps a counter it already keeps (and a log line is appended
 to a bounded buffer). A topic that does not exist, a broker that is down or a full
 queue costs a warning (once) and the messages of that moment, never the program.
+
+About 520 lines: the two kinds share one thread, one producer and one warning
+policy, which is most of the module.
 """
 
 from __future__ import annotations

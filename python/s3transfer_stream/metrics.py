@@ -21,6 +21,10 @@ Two kinds of metric:
 No label or value ever holds a secret: labels are the topic, the partition,
 the bucket, the group id, a bounded failure reason, and S3 error codes (which
 are checked to be short identifiers).
+
+About 550 lines, on purpose: every metric of the three programs is defined in
+this one place, so names, labels and units stay consistent and docs/operations.md
+has one source.
 """
 
 from __future__ import annotations
