@@ -17,7 +17,7 @@ use std::time::UNIX_EPOCH;
 use sha2::{Digest, Sha512};
 
 use crate::error::{Error, Result};
-use crate::wire::Frame;
+use crate::wire::Chunk;
 
 pub struct FilePlan {
     pub path: PathBuf,
@@ -107,7 +107,7 @@ impl FilePlan {
         };
         let offset = (chunk_i - 1) * self.chunk_size;
         let changed = || Error::Changed { path: self.path.clone(), chunk_i };
-        let frame = Frame {
+        let frame = Chunk {
             filename: names.filename,
             file_hash: &self.file_hash,
             chunk_hash,
@@ -116,9 +116,10 @@ impl FilePlan {
             n_total_chunks: n,
             subdir_str: names.subdir,
             filename_append: names.append,
-            data_len: self.chunk_size.min(self.size - offset) as usize,
+            data: &[],
             file_mtime: Some(self.mtime),
-        };
+        }
+        .frame_for(self.chunk_size.min(self.size - offset) as usize);
         let message = frame.encode_with(|data| {
             file.read_exact_at(data, offset).map_err(|source| match source.kind() {
                 io::ErrorKind::UnexpectedEof => changed(),
@@ -170,7 +171,7 @@ pub enum Check {
 mod tests {
     use super::*;
     use crate::checksum::sha512;
-    use crate::wire::{self, Chunk};
+    use crate::wire;
     use std::io::Write;
 
     fn names<'a>(subdir: &'a str, filename: &'a str) -> Names<'a> {

@@ -367,35 +367,23 @@ fn validate_subdir(r: &Reader<'_>, subdir: &str) -> Result<()> {
 
 /// A chunk message but for its data bytes: all a producer needs to lay out the
 /// message before it reads the chunk from the file straight into the data field.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Frame<'a> {
-    pub filename: &'a str,
-    pub file_hash: &'a [u8; 64],
-    pub chunk_hash: &'a [u8; 64],
-    pub chunk_offset_write: u64,
-    pub chunk_i: u64,
-    pub n_total_chunks: u64,
-    pub subdir_str: &'a str,
-    pub filename_append: &'a str,
-    pub data_len: usize,
-    pub file_mtime: Option<f64>,
+    /// Every field but `data`, which is not used.
+    fields: Chunk<'a>,
+    data_len: usize,
 }
 
 impl<'a> Chunk<'a> {
     /// The chunk's message without its data.
     pub fn frame(&self) -> Frame<'a> {
-        Frame {
-            filename: self.filename,
-            file_hash: self.file_hash,
-            chunk_hash: self.chunk_hash,
-            chunk_offset_write: self.chunk_offset_write,
-            chunk_i: self.chunk_i,
-            n_total_chunks: self.n_total_chunks,
-            subdir_str: self.subdir_str,
-            filename_append: self.filename_append,
-            data_len: self.data.len(),
-            file_mtime: self.file_mtime,
-        }
+        self.frame_for(self.data.len())
+    }
+
+    /// The message of this chunk's fields with `data_len` bytes of data in place
+    /// of `data` (which is not used).
+    pub fn frame_for(&self, data_len: usize) -> Frame<'a> {
+        Frame { fields: Chunk { data: &[], ..self.clone() }, data_len }
     }
 }
 
@@ -487,23 +475,24 @@ fn put_bin_header(out: &mut impl Sink, n: usize) {
 impl Frame<'_> {
     /// Every field before the data's payload, the data's bin header last.
     fn put_header(&self, out: &mut impl Sink) {
-        out.put(&[if self.file_mtime.is_some() { 0x9a } else { 0x99 }]);
-        put_str(out, self.filename);
+        let c = &self.fields;
+        out.put(&[if c.file_mtime.is_some() { 0x9a } else { 0x99 }]);
+        put_str(out, c.filename);
         put_bin_header(out, 64);
-        out.put(self.file_hash);
+        out.put(c.file_hash);
         put_bin_header(out, 64);
-        out.put(self.chunk_hash);
-        put_uint(out, self.chunk_offset_write);
-        put_uint(out, self.chunk_i);
-        put_uint(out, self.n_total_chunks);
-        put_str(out, self.subdir_str);
-        put_str(out, self.filename_append);
+        out.put(c.chunk_hash);
+        put_uint(out, c.chunk_offset_write);
+        put_uint(out, c.chunk_i);
+        put_uint(out, c.n_total_chunks);
+        put_str(out, c.subdir_str);
+        put_str(out, c.filename_append);
         put_bin_header(out, self.data_len);
     }
 
     /// What follows the data: the mtime of the 10-field form.
     fn put_trailer(&self, out: &mut impl Sink) {
-        if let Some(m) = self.file_mtime {
+        if let Some(m) = self.fields.file_mtime {
             out.put(&[0xcb]);
             out.put(&m.to_bits().to_be_bytes());
         }
