@@ -242,3 +242,37 @@ def log_ends(bootstrap: str, topic: str) -> dict[int, int]:
         }
     finally:
         c.close()
+
+
+def journal_entries(logs_dir: Path, topic: str, group: str) -> list[Any]:
+    """The transfer journal's entries (``JournalEntry``) of ``topic``/``group`` under
+    ``logs_dir`` (the processor's ``<output_dir>/LOGS``), oldest first; [] if none.
+    Read without opening the journal (no rename, no append handle)."""
+    from s3transfer_stream.journal import JournalEntry
+    from s3transfer_stream.registry import journal_name
+
+    path = logs_dir / journal_name(topic, group)
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [JournalEntry.from_json(line) for line in lines if line.strip()]
+
+
+def journal_outcomes(logs_dir: Path, topic: str, group: str) -> list[tuple[str, str]]:
+    """(rel_path, outcome) of every journal entry, sorted: ``transferred`` or how the
+    file was given up (``failed``, ``mismatched_hash``, ``abandoned``)."""
+    return sorted((e.rel_path, e.outcome) for e in journal_entries(logs_dir, topic, group))
+
+
+def multipart_parts(client: Any, bucket: str, key: str) -> int:
+    """How many parts the object was uploaded in (from its ``<md5>-<n>`` ETag); 0 for
+    an object written by a single PUT."""
+    etag: str = client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
+    _, dash, n = etag.rpartition("-")
+    return int(n) if dash else 0
+
+
+def filled_log_ends(bootstrap: str, topic: str) -> dict[int, int]:
+    """:func:`log_ends` of the partitions holding messages: what
+    :func:`committed_offsets` returns once a group has committed everything."""
+    return {p: end for p, end in log_ends(bootstrap, topic).items() if end > 0}

@@ -13,13 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from helpers import (
     CHUNK,
     ProcessorRun,
     S3Proxy,
     committed_offsets,
     encoded_chunks,
+    filled_log_ends,
+    journal_entries,
+    journal_outcomes,
     list_objects,
+    multipart_parts,
     produce,
     produce_tree,
     rand_bytes,
@@ -30,6 +35,15 @@ from s3transfer_stream import _core
 from s3transfer_stream.registry import InProgressRow, ProcessedRow, read_table
 
 pytestmark = pytest.mark.integration
+
+
+def list_topics(bootstrap: str) -> set[str]:
+    from confluent_kafka.admin import AdminClient
+
+    topics: dict[str, Any] = (
+        AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=30).topics
+    )
+    return set(topics)
 
 
 def tree_of_54(rng: random.Random) -> dict[str, bytes]:
@@ -78,6 +92,9 @@ def test_tree_of_54_files_lands_identical_and_validated(
     expected = {f"{topic}/{rel}": len(data) for rel, data in files.items()}
     run.wait_for(lambda: list_objects(s3_client, bucket) == expected, 300, "all 54 objects")
     run.wait_for(lambda: run.stderr().count("Transferred ") >= len(files), 60, "54 transfer lines")
+    # Each transfer line follows its journal entry (written before the registry row).
+    logs = out / "LOGS"
+    assert journal_outcomes(logs, topic, group) == sorted((rel, "transferred") for rel in files)
     run.command("check")
     run.wait_for(lambda: "files transferred so far" in run.stderr(), 30, "the check output")
     assert run.quit() == 0
@@ -95,14 +112,25 @@ def test_tree_of_54_files_lands_identical_and_validated(
         ) or "re-read object matches" in line
     big_line = next(ln for ln in err.splitlines() if "Transferred big/large.bin" in ln)
     assert " parts)" in big_line, big_line  # a multipart upload
+    # ... of 9 parts of the default 8 MiB (its ETag says so), as the line says.
+    assert "9 parts)" in big_line, big_line
+    assert multipart_parts(s3_client, bucket, f"{topic}/big/large.bin") == 9
+    assert multipart_parts(s3_client, bucket, f"{topic}/two_chunks.bin") == 0
+    entries = {e.rel_path: e for e in journal_entries(logs, topic, group)}
+    assert {rel: (e.key, e.size) for rel, e in entries.items()} == {
+        rel: (f"{topic}/{rel}", len(data)) for rel, data in files.items()
+    }
     assert f"{len(files)} files transferred so far" in err
     assert f"and {len(files)} files were transferred to the {bucket} bucket" in err
+    # Every message consumed was committed: the group stands at the log end.
+    assert committed_offsets(kafka_bootstrap, topic, group) == filled_log_ends(
+        kafka_bootstrap, topic
+    )
 
     in_progress, processed = registry_tables(out, topic, group)
     assert in_progress == []
     assert sorted(r.rel_filepath.as_posix() for r in processed) == sorted(files)
     # Consolidated: no per-thread file is left (ours have private names, upstream's a _t suffix).
-    logs = out / "LOGS"
     assert not list(logs.glob("s3transfer-stream_processed_*.csv"))
     assert not list(logs.glob(f"processed_from_{topic}_by_{group}_t*.csv"))
     # No multipart upload was left open.
@@ -184,6 +212,25 @@ def test_out_of_order_duplicates_and_bad_files(
     assert sorted(r.rel_filepath.as_posix() for r in processed) == sorted(good)
     err = run.stderr()
     assert "bad/corrupt.bin" in err and "chunk 2/3 is corrupted" in err
+    # What the two "cannot be reassembled" lines report is recorded: the journal gives
+    # both up with their reason, and their messages are committed past like the rest.
+    logs = out / "LOGS"
+    given_up = {
+        e.rel_path: (e.outcome, e.reason)
+        for e in journal_entries(logs, topic, group)
+        if not e.transferred
+    }
+    assert sorted(given_up) == ["bad/corrupt.bin", "bad/mismatch.bin"]
+    assert given_up["bad/corrupt.bin"][0] == "failed"
+    assert "chunk 2/3 is corrupted" in given_up["bad/corrupt.bin"][1]
+    assert given_up["bad/mismatch.bin"][0] == "mismatched_hash"
+    assert journal_outcomes(logs, topic, group) == sorted(
+        [(rel, "transferred") for rel in good]
+        + [("bad/corrupt.bin", "failed"), ("bad/mismatch.bin", "mismatched_hash")]
+    )
+    assert committed_offsets(kafka_bootstrap, topic, group) == filled_log_ends(
+        kafka_bootstrap, topic
+    )
 
 
 def test_sigterm_shuts_down_cleanly_with_summary(
@@ -200,6 +247,7 @@ def test_sigterm_shuts_down_cleanly_with_summary(
     run = ProcessorRun(bucket, topic, group, out)
     run.wait_for(lambda: f"{topic}/x.dat" in list_objects(s3_client, bucket), 120, "the object")
     run.wait_for(lambda: "Transferred x.dat" in run.stderr(), 30, "the transfer line")
+    assert read_object(s3_client, bucket, f"{topic}/x.dat") == files["x.dat"]
     assert run.terminate() == 0
     err = run.stderr()
     assert "SIGTERM received: shutting down" in err
@@ -208,11 +256,19 @@ def test_sigterm_shuts_down_cleanly_with_summary(
     )
     _, processed = registry_tables(out, topic, group)
     assert [r.rel_filepath.as_posix() for r in processed] == ["x.dat"]
+    assert journal_outcomes(out / "LOGS", topic, group) == [("x.dat", "transferred")]
+    # The one message was committed before the shutdown ended.
+    assert committed_offsets(kafka_bootstrap, topic, group) == {0: 1}
     # A restart with the same group reads nothing again: the offset was committed.
     run2 = ProcessorRun(bucket, topic, group, out)
     run2.wait_for(lambda: "Listening to the" in run2.stderr(), 60, "startup")
     assert run2.quit() == 0
     assert "0 total messages were consumed" in run2.stderr()
+    # ... and so recorded nothing new.
+    _, processed = registry_tables(out, topic, group)
+    assert [r.rel_filepath.as_posix() for r in processed] == ["x.dat"]
+    assert journal_outcomes(out / "LOGS", topic, group) == [("x.dat", "transferred")]
+    assert committed_offsets(kafka_bootstrap, topic, group) == {0: 1}
 
 
 def test_closed_stdin_does_not_stop_the_processor(
@@ -230,7 +286,7 @@ def test_closed_stdin_does_not_stop_the_processor(
 
 
 def test_bad_config_and_unreachable_services_fail_clearly(
-    tmp_path: Path, new_topic: Any, new_bucket: Any
+    tmp_path: Path, new_topic: Any, new_bucket: Any, s3_client: Any
 ) -> None:
     bucket = new_bucket()
     topic = new_topic(partitions=1)
@@ -238,6 +294,15 @@ def test_bad_config_and_unreachable_services_fail_clearly(
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*cli, *args], capture_output=True, text=True, timeout=120)
+
+    def recorded(output_dir: Path) -> list[str]:
+        """Files a run left under its output dir other than its own log file: a
+        registry table, a journal, a claim."""
+        return sorted(
+            p.relative_to(output_dir).as_posix()
+            for p in output_dir.rglob("*")
+            if p.is_file() and p.name != "S3TransferStreamProcessor.log"
+        )
 
     cfg = tmp_path / "no_s3.config"
     cfg.write_text(
@@ -249,17 +314,26 @@ def test_bad_config_and_unreachable_services_fail_clearly(
     )
     assert r.returncode == 2
     assert "[s3]" in r.stderr and str(cfg) in r.stderr
+    assert recorded(tmp_path / "o1") == []
 
     missing_topic = "no-such-topic-" + uuid.uuid4().hex[:6]
     r = run(bucket, "--topic_name", missing_topic, "--output_dir", str(tmp_path / "o2"))
     assert r.returncode == 2
     assert "does not exist" in r.stderr and missing_topic in r.stderr
+    assert recorded(tmp_path / "o2") == []
+    assert missing_topic not in list_topics(os.environ["LOCAL_KAFKA_BROKER_BOOTSTRAP_SERVERS"])
 
     missing_bucket = "missing-" + uuid.uuid4().hex[:6]
     r = run(missing_bucket, "--topic_name", topic, "--output_dir", str(tmp_path / "o3"))
     assert r.returncode == 1
     assert "cannot use bucket" in r.stderr and missing_bucket in r.stderr
     assert os.environ["SECRET_KEY_ID"] not in r.stderr
+    assert recorded(tmp_path / "o3") == []
+    # The bucket it could not use is still missing (the processor never creates one).
+    with pytest.raises(ClientError) as exc:
+        s3_client.head_bucket(Bucket=missing_bucket)
+    assert exc.value.response["Error"]["Code"] in ("404", "NoSuchBucket")
+    assert list_objects(s3_client, bucket) == {}
 
     r = run("bad/bucket", "--topic_name", topic)
     assert r.returncode == 2 and "bucket name 'bad/bucket'" in r.stderr
@@ -302,12 +376,19 @@ def test_access_denied_is_permanent_recorded_committed_past_and_redriven_by_send
         assert processed == []
         err = run.stderr()
         assert "AccessDenied" in err and "first.dat" in err and "committed past" in err
+        # The journal gives both files up, with S3's answer as the reason.
+        reasons = {
+            e.rel_path: (e.outcome, "AccessDenied" in e.reason)
+            for e in journal_entries(out / "LOGS", topic, group)
+        }
+        assert reasons == {"first.dat": ("failed", True), "later/second.bin": ("failed", True)}
 
         proxy.allow()
         run2 = ProcessorRun(bucket, topic, group, out, "--part_size", "5", env=env, tag="retry")
         run2.wait_for(lambda: "Listening to the" in run2.stderr(), 60, "startup")
         time.sleep(3)
         assert list_objects(s3_client, bucket) == {}
+        assert committed_offsets(kafka_bootstrap, topic, group) == {0: n_messages}
         # The operator re-drives the files by sending them again.
         produce_tree(kafka_bootstrap, topic, src, files, partitions=1)
         expected = {f"{topic}/{rel}": len(data) for rel, data in files.items()}
@@ -318,6 +399,12 @@ def test_access_denied_is_permanent_recorded_committed_past_and_redriven_by_send
             assert read_object(s3_client, bucket, f"{topic}/{rel}") == data
         in_progress, processed = registry_tables(out, topic, group)
         assert sorted(r.rel_filepath.as_posix() for r in processed) == sorted(files)
+        assert in_progress == []
+        # The journal adds the two transfers after the two failures.
+        entries = journal_entries(out / "LOGS", topic, group)
+        assert [e.outcome for e in entries] == ["failed", "failed", "transferred", "transferred"]
+        assert sorted(e.rel_path for e in entries[2:]) == sorted(files)
+        assert committed_offsets(kafka_bootstrap, topic, group) == {0: 2 * n_messages}
     finally:
         proxy.close()
 
@@ -347,6 +434,9 @@ def test_s3_outage_is_ridden_out_inside_the_run(
         proxy.refuse()
         n_messages = produce_tree(kafka_bootstrap, topic, src, files, partitions=3)
         run.wait_for(lambda: "S3 unreachable since" in run.stderr(), 60, "the outage warning")
+        # Unreachable indeed: nothing reached the bucket, nothing was given up.
+        assert list_objects(s3_client, bucket) == {}
+        assert journal_entries(out / "LOGS", topic, group) == []
         time.sleep(4)
         proxy.stall()
         time.sleep(4)
@@ -360,6 +450,8 @@ def test_s3_outage_is_ridden_out_inside_the_run(
             line for line in run.stderr().splitlines() if "files transferred so far" in line
         )
         assert "S3 unreachable since" in check_line
+        assert list_objects(s3_client, bucket) == {}
+        assert journal_entries(out / "LOGS", topic, group) == []
         proxy.allow()
         expected = {f"{topic}/{rel}": len(data) for rel, data in files.items()}
         run.wait_for(lambda: list_objects(s3_client, bucket) == expected, 180, "every object")
@@ -372,6 +464,10 @@ def test_s3_outage_is_ridden_out_inside_the_run(
         err = run.stderr()
         assert "S3 reachable again" in err
         assert "Failed to transfer" not in err
+        # Each file transferred once, none given up.
+        assert journal_outcomes(out / "LOGS", topic, group) == sorted(
+            (rel, "transferred") for rel in files
+        )
         for rel, data in files.items():
             assert read_object(s3_client, bucket, f"{topic}/{rel}") == data
         in_progress, processed = registry_tables(out, topic, group)
@@ -395,11 +491,18 @@ def test_file_produced_twice_is_listed_twice_and_restart_adds_nothing(
     produce_tree(kafka_bootstrap, topic, src, files, partitions=2)
     run = ProcessorRun(bucket, topic, group, out, "--validate", "full")
     run.wait_for(lambda: run.stderr().count("Transferred twice/same.dat") == 1, 120, "first copy")
+    assert read_object(s3_client, bucket, f"{topic}/twice/same.dat") == files["twice/same.dat"]
+    assert journal_outcomes(out / "LOGS", topic, group) == [("twice/same.dat", "transferred")]
     produce_tree(kafka_bootstrap, topic, src, files, partitions=2)  # the same file again
     run.wait_for(lambda: run.stderr().count("Transferred twice/same.dat") == 2, 120, "second copy")
     assert run.quit() == 0
     assert "re-read object matches the producer's SHA-512" in run.stderr()
     assert list_objects(s3_client, bucket) == {f"{topic}/twice/same.dat": 3 * CHUNK + 10}
+    assert read_object(s3_client, bucket, f"{topic}/twice/same.dat") == files["twice/same.dat"]
+    assert journal_outcomes(out / "LOGS", topic, group) == [("twice/same.dat", "transferred")] * 2
+    ends = filled_log_ends(kafka_bootstrap, topic)
+    assert sum(ends.values()) == 2 * 4  # two copies of a four-chunk file
+    assert committed_offsets(kafka_bootstrap, topic, group) == ends
     _, processed = registry_tables(out, topic, group)
     assert [r.rel_filepath.as_posix() for r in processed] == ["twice/same.dat"] * 2
 
@@ -410,6 +513,8 @@ def test_file_produced_twice_is_listed_twice_and_restart_adds_nothing(
     assert "Transferred" not in run2.stderr()
     _, processed = registry_tables(out, topic, group)
     assert len(processed) == 2
+    assert journal_outcomes(out / "LOGS", topic, group) == [("twice/same.dat", "transferred")] * 2
+    assert committed_offsets(kafka_bootstrap, topic, group) == ends
 
 
 def test_recreated_topic_does_not_inherit_what_the_old_one_had_done(
@@ -432,6 +537,8 @@ def test_recreated_topic_does_not_inherit_what_the_old_one_had_done(
         run.wait_for(lambda: f"{topic}/a.dat" in list_objects(s3_client, bucket), 60, "a.dat")
         run.wait_for(lambda: "Transferred a.dat" in run.stderr(), 30, "the transfer line")
         assert run.quit() == 0
+        assert read_object(s3_client, bucket, f"{topic}/a.dat") == b"first topic"
+        assert committed_offsets(kafka_bootstrap, topic, group) == {0: 1}
         delete_topic(kafka_bootstrap, topic)
         deadline = time.monotonic() + 60
         while True:
@@ -447,5 +554,17 @@ def test_recreated_topic_does_not_inherit_what_the_old_one_had_done(
         run2.wait_for(lambda: f"{topic}/b.dat" in list_objects(s3_client, bucket), 60, "b.dat")
         assert run2.quit() == 0
         assert read_object(s3_client, bucket, f"{topic}/b.dat") == b"second topic"
+        assert read_object(s3_client, bucket, f"{topic}/a.dat") == b"first topic"
+        # The new topic's message 0 was transferred and committed, and recorded beside
+        # the old topic's (two journal entries of different topic incarnations).
+        assert committed_offsets(kafka_bootstrap, topic, group) == {0: 1}
+        _, processed = registry_tables(out, topic, group)
+        assert sorted(r.rel_filepath.as_posix() for r in processed) == ["a.dat", "b.dat"]
+        entries = journal_entries(out / "LOGS", topic, group)
+        assert [(e.rel_path, e.outcome) for e in entries] == [
+            ("a.dat", "transferred"),
+            ("b.dat", "transferred"),
+        ]
+        assert entries[0].topic_id != entries[1].topic_id
     finally:
         delete_topic(kafka_bootstrap, topic)
