@@ -20,6 +20,7 @@ from s3transfer_stream.kafka import (
     redact,
 )
 from s3transfer_stream.producer import _runs, _Version, _VersionLog, is_eligible, relative_location
+from s3transfer_stream.producer.state import Job, Outcome, UploadStates
 
 # --------------------------------------------------------------------------- eligibility
 
@@ -342,3 +343,39 @@ def test_version_log_compacts_while_running(
     assert again.get("a.dat") == _Version(99, 99, "aa", 1, 1, "sending")
     assert again.get("b.dat") == _Version(99, 99, "bb", 1, 1, "sent")
     again.close()
+
+
+# --------------------------------------------------------------------------- upload states
+
+
+def test_upload_states_count_what_the_states_say(tmp_path: Path) -> None:
+    states = UploadStates()
+    version = _Version(10, 1, "aa", 4, 3, "sending")
+    states.note_event("a", 0.0)
+    states.note_event("b", 5.0)
+    assert states.counts()["waiting"] == 2
+    assert states.take_ready(now=5.5, lag=1.0) == ["a"]  # b is still in its quiet time
+    assert states.take_ready(now=5.5, lag=1.0) == []  # a is queued: not taken twice
+    states.note_event("a", 5.5)  # changed while queued: waits, and is counted once more
+    assert states.counts()["waiting"] == 3
+    job = Job("a", "a", tmp_path / "a", version, {1, 2, 3}, 3)
+    states.sending(job)
+    assert states.take_ready(now=100.0, lag=1.0) == ["b"]  # a is being sent
+    counts = states.counts()
+    assert (counts["waiting"], counts["in_progress"]) == (2, 1)
+    assert states.sending_paths() == ["a"]
+    states.ended(job, Outcome.FAILED)
+    states.release("b")
+    states.forget_event("a")
+    states.forget_event("never seen")
+    counts = states.counts()
+    assert (counts["waiting"], counts["in_progress"], counts["failed"]) == (0, 0, 1)
+    again = Job("a", "a", tmp_path / "a", version, {1}, 1)
+    states.sending(again)
+    states.ended(job, Outcome.ABORTED)  # an older job ending leaves the newer one
+    assert states.counts()["in_progress"] == 1
+    states.ended(again, Outcome.UPLOADED)
+    status = states.status(registry_in_progress=0, registry_completed=1)
+    assert (status.in_progress, status.failed, status.uploaded) == (0, 0, 1)
+    assert status.uploaded_paths == ["a"] and states.completed_at("a") is not None
+    assert job.chunk_bytes(3) == 2 and job.chunk_bytes(1) == 4

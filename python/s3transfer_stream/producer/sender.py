@@ -220,8 +220,8 @@ class FileSender:
         """Stop sending this version; the file is looked at again after its quiet time."""
         job.aborted = True
         self.states.ended(job, Outcome.ABORTED)
-        self._log.warning(f"{job.rel}: {reason}", extra={"file": job.rel, "reason": reason})
         self.states.look_again(job.rel)
+        self._log.warning(f"{job.rel}: {reason}", extra={"file": job.rel, "reason": reason})
 
     def _fail(self, job: Job, reason: str) -> None:
         job.aborted = True
