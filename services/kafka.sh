@@ -38,17 +38,7 @@ START_TIMEOUT=${S3TS_KAFKA_START_TIMEOUT:-120}
 HEAP_OPTS=${S3TS_KAFKA_HEAP_OPTS:--Xms256m -Xmx1g}
 ADDRESS=127.0.0.1:$PORT
 
-find_java() {
-    local j=${JAVA:-}
-    if [ -z "$j" ] && [ -n "${JAVA_HOME:-}" ] && [ -x "$JAVA_HOME/bin/java" ]; then j=$JAVA_HOME/bin/java; fi
-    [ -n "$j" ] || j=$(command -v java || true)
-    [ -n "$j" ] || s3ts_die "no java found (Kafka 4 needs Java 17+): install a JDK (apt-get install openjdk-17-jre-headless) or set JAVA_HOME"
-    local major
-    major=$("$j" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p' | head -n1)
-    case "$major" in 1.*) major=${major#1.} ;; esac
-    [ "${major:-0}" -ge 17 ] 2>/dev/null || s3ts_die "$j is Java ${major:-?}; Kafka 4 needs Java 17+ (set JAVA_HOME)"
-    printf '%s\n' "$j"
-}
+find_java() { s3ts_find_java; }
 
 is_installed() { [ -f "$KAFKA_DIR/.installed" ] && [ -f "$LIBS/kafka_2.13-$VERSION.jar" ]; }
 
@@ -93,27 +83,8 @@ controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 log.dirs=$DATA
-
-# one node: replication 1 everywhere
-num.partitions=1
-default.replication.factor=1
-min.insync.replicas=1
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=10
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-
-# chunk messages are 512 KiB + headers and batches are bigger
-message.max.bytes=67108864
-replica.fetch.max.bytes=67108864
-socket.request.max.bytes=104857600
-
-auto.create.topics.enable=false
-delete.topic.enable=true
-group.initial.rebalance.delay.ms=0
 EOF
+    s3ts_kafka_node_props 10 >>"$PROPS.tmp"
     mv "$PROPS.tmp" "$PROPS"
 }
 
@@ -125,22 +96,7 @@ java_opts() {
 }
 
 format_storage() {
-    [ -f "$DATA/meta.properties" ] && return 0
-    local java=$1 cid
-    if [ -s "$STATE/cluster.id" ]; then
-        cid=$(cat "$STATE/cluster.id")
-    else
-        cid=$("$java" -cp "$LIBS/*" kafka.tools.StorageTool random-uuid 2>>"$LOGS/format.log" | tail -n1)
-        [ -n "$cid" ] || { s3ts_tail_log "$LOGS/format.log"; s3ts_die "StorageTool random-uuid failed"; }
-        printf '%s\n' "$cid" >"$STATE/cluster.id"
-    fi
-    s3ts_log "formatting KRaft storage in $DATA (cluster id $cid)"
-    local opts
-    mapfile -t opts < <(java_opts)
-    if ! "$java" "${opts[@]}" -cp "$LIBS/*" kafka.tools.StorageTool format -t "$cid" -c "$PROPS" >>"$LOGS/format.log" 2>&1; then
-        s3ts_tail_log "$LOGS/format.log" "$LOGS/server.log"
-        s3ts_die "kafka.tools.StorageTool format failed"
-    fi
+    s3ts_kafka_format "$1" "$LIBS" "$STATE" "$DATA" "$LOGS" "$PROPS" ""
 }
 
 ready() { python3 "$S3TS_SERVICES_DIR/kafka_ready.py" "$ADDRESS" --quiet --timeout 2; }
@@ -156,9 +112,7 @@ cmd_start() {
         s3ts_log "pid $pid is alive but $ADDRESS does not answer yet; waiting"
     else
         rm -f "$PIDFILE"
-        if s3ts_port_open "$PORT" || s3ts_port_open "$CPORT"; then
-            s3ts_die "port $PORT or $CPORT on 127.0.0.1 is in use by another process (not started by this script with S3TS_STATE=$S3TS_STATE); stop it or set S3TS_KAFKA_PORT/S3TS_KAFKA_CONTROLLER_PORT"
-        fi
+        s3ts_ports_free "not started by this script with S3TS_STATE=$S3TS_STATE; stop it or set S3TS_KAFKA_PORT/S3TS_KAFKA_CONTROLLER_PORT" "$PORT" "$CPORT"
         cmd_install
         local java opts
         java=$(find_java)

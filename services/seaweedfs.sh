@@ -71,23 +71,10 @@ ready() { python3 "$S3TS_SERVICES_DIR/s3_ready.py" "$ENDPOINT" --quiet --timeout
 
 launch() {
     mkdir -p "$DATA" "$LOGS" "$STATE/config"
-    local b=$PORT_BASE
-    local args=(
-        -logdir="$LOGS" -config_dir="$STATE/config"
-        mini
-        -dir="$DATA"
-        -ip=127.0.0.1 -ip.bind=127.0.0.1
-        -s3.port="$S3_PORT" -s3.port.grpc=$((b + 1))
-        -master.port=$((b + 2)) -master.port.grpc=$((b + 3))
-        -volume.port=$((b + 4)) -volume.port.grpc=$((b + 5))
-        -filer.port=$((b + 6)) -filer.port.grpc=$((b + 7))
-        -admin.ui=false -admin.port=$((b + 8)) -admin.port.grpc=$((b + 9)) -admin.port.legacy=0
-        -webdav=false -s3.port.iceberg=0 -s3.port.lance=0
-        -master.telemetry=false
-        -master.volumeSizeLimitMB="${S3TS_SEAWEEDFS_VOLUME_SIZE_MB:-256}"
-        -volume.max="${S3TS_SEAWEEDFS_VOLUME_MAX:-1000}"
-        -s3.autoCreateBucket=false
-    )
+    local b=$PORT_BASE args
+    mapfile -t args < <(s3ts_weed_mini_args "$b" "$S3_PORT" "$DATA" "$LOGS" "$STATE")
+    args+=(-master.volumeSizeLimitMB="${S3TS_SEAWEEDFS_VOLUME_SIZE_MB:-256}"
+        -volume.max="${S3TS_SEAWEEDFS_VOLUME_MAX:-1000}")
     s3ts_log "starting weed mini $VERSION, S3 on $ENDPOINT (internal ports $((b + 1))-$((b + 9))), data in $DATA, logs in $LOGS"
     printf '\n===== %s starting weed %s =====\n' "$(date -u +%FT%TZ)" "$VERSION" >>"$LOGS/stdout.log"
     # The credentials reach weed through its environment only (AWS_* is how `weed mini` creates
@@ -115,12 +102,7 @@ cmd_start() {
         s3ts_log "pid $pid is alive but $ENDPOINT does not answer yet; waiting"
     else
         rm -f "$PIDFILE"
-        local q
-        for q in "${PORTS[@]}"; do
-            if s3ts_port_open "$q"; then
-                s3ts_die "port $q on 127.0.0.1 is in use by another process (not started by this script with S3TS_STATE=$S3TS_STATE); stop it or set S3TS_S3_PORT / S3TS_SEAWEEDFS_PORT_BASE (ports used: ${PORTS[*]})"
-            fi
-        done
+        s3ts_ports_free "not started by this script with S3TS_STATE=$S3TS_STATE; stop it or set S3TS_S3_PORT / S3TS_SEAWEEDFS_PORT_BASE (ports used: ${PORTS[*]})" "${PORTS[@]}"
         cmd_install
         launch
         pid=$(cat "$PIDFILE")

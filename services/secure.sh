@@ -84,13 +84,7 @@ for p in "$K_PORT" "$K_CPORT" "${W_PORTS[@]}"; do
 done
 [ "$SSTATE" != "$S3TS_STATE" ] || s3ts_die "S3TS_SECURE_STATE must not be the shared S3TS_STATE"
 
-find_java() {
-    local j=${JAVA:-}
-    if [ -z "$j" ] && [ -n "${JAVA_HOME:-}" ] && [ -x "$JAVA_HOME/bin/java" ]; then j=$JAVA_HOME/bin/java; fi
-    [ -n "$j" ] || j=$(command -v java || true)
-    [ -n "$j" ] || s3ts_die "no java found (Kafka 4 needs Java 17+)"
-    printf '%s\n' "$j"
-}
+find_java() { s3ts_find_java; }
 
 cmd_install() {
     bash "$S3TS_SERVICES_DIR/kafka.sh" install
@@ -187,30 +181,13 @@ ssl.truststore.location=$PKI/ca.pem
 ssl.client.auth=none
 ssl.enabled.protocols=TLSv1.3,TLSv1.2
 ssl.endpoint.identification.algorithm=https
-
-num.partitions=1
-default.replication.factor=1
-min.insync.replicas=1
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=3
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-
-message.max.bytes=67108864
-replica.fetch.max.bytes=67108864
-socket.request.max.bytes=104857600
-
-auto.create.topics.enable=false
-delete.topic.enable=true
-group.initial.rebalance.delay.ms=0
 EOF
+        s3ts_kafka_node_props 3 >>"$K_PROPS.tmp"
     )
     mv "$K_PROPS.tmp" "$K_PROPS"
 }
 
-k_java_opts() {
+java_opts() {
     # shellcheck disable=SC2086
     printf '%s\n' $HEAP_OPTS -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:TieredStopAtLevel=1 \
         -Djava.awt.headless=true -Dlog4j2.configurationFile="$K_STATE/log4j2.properties" \
@@ -218,25 +195,11 @@ k_java_opts() {
 }
 
 k_format() {
-    [ -f "$K_DATA/meta.properties" ] && return 0
-    local java=$1 cid opts
-    if [ -s "$K_STATE/cluster.id" ]; then
-        cid=$(cat "$K_STATE/cluster.id")
-    else
-        cid=$("$java" -cp "$K_LIBS/*" kafka.tools.StorageTool random-uuid 2>>"$K_LOGS/format.log" | tail -n1)
-        [ -n "$cid" ] || { s3ts_tail_log "$K_LOGS/format.log"; s3ts_die "StorageTool random-uuid failed"; }
-        printf '%s\n' "$cid" >"$K_STATE/cluster.id"
-    fi
-    s3ts_log "formatting KRaft storage in $K_DATA with SCRAM-SHA-512 users admin and $S3TS_SECURE_SASL_USERNAME"
-    mapfile -t opts < <(k_java_opts)
     # The passwords are on this one command line for a moment (loopback test services only).
-    if ! "$java" "${opts[@]}" -cp "$K_LIBS/*" kafka.tools.StorageTool format -t "$cid" -c "$K_PROPS" \
+    s3ts_kafka_format "$1" "$K_LIBS" "$K_STATE" "$K_DATA" "$K_LOGS" "$K_PROPS" \
+        " with SCRAM-SHA-512 users admin and $S3TS_SECURE_SASL_USERNAME" \
         --add-scram "SCRAM-SHA-512=[name=admin,password=$S3TS_SECURE_KAFKA_ADMIN_PASSWORD]" \
-        --add-scram "SCRAM-SHA-512=[name=$S3TS_SECURE_SASL_USERNAME,password=$S3TS_SECURE_SASL_PASSWORD]" \
-        >>"$K_LOGS/format.log" 2>&1; then
-        s3ts_tail_log "$K_LOGS/format.log"
-        s3ts_die "kafka.tools.StorageTool format failed"
-    fi
+        --add-scram "SCRAM-SHA-512=[name=$S3TS_SECURE_SASL_USERNAME,password=$S3TS_SECURE_SASL_PASSWORD]"
 }
 
 k_ready() {
@@ -250,7 +213,7 @@ k_launch() {
     java=$(find_java)
     k_write_config
     k_format "$java"
-    mapfile -t opts < <(k_java_opts)
+    mapfile -t opts < <(java_opts)
     s3ts_log "starting kafka $K_VERSION with SASL_SSL on $K_ADDRESS (controller 127.0.0.1:$K_CPORT), logs in $K_LOGS"
     printf '\n===== %s starting kafka %s (SASL_SSL) =====\n' "$(date -u +%FT%TZ)" "$K_VERSION" >>"$K_LOGS/stdout.log"
     (cd "$K_STATE" && exec setsid nohup "$java" "${opts[@]}" -cp "$K_LIBS/*" kafka.Kafka "$K_PROPS" \
@@ -268,23 +231,10 @@ w_ready() {
 
 w_launch() {
     mkdir -p "$W_DATA" "$W_LOGS" "$W_STATE/config"
-    local b=$S_BASE
-    local args=(
-        -logdir="$W_LOGS" -config_dir="$W_STATE/config"
-        mini
-        -dir="$W_DATA"
-        -ip=127.0.0.1 -ip.bind=127.0.0.1
-        -s3.port="$S_PORT" -s3.port.grpc=$((b + 1))
-        -s3.cert.file="$PKI/server.pem" -s3.key.file="$PKI/server.key"
-        -master.port=$((b + 2)) -master.port.grpc=$((b + 3))
-        -volume.port=$((b + 4)) -volume.port.grpc=$((b + 5))
-        -filer.port=$((b + 6)) -filer.port.grpc=$((b + 7))
-        -admin.ui=false -admin.port=$((b + 8)) -admin.port.grpc=$((b + 9)) -admin.port.legacy=0
-        -webdav=false -s3.port.iceberg=0 -s3.port.lance=0
-        -master.telemetry=false
-        -master.volumeSizeLimitMB=64 -volume.max=100
-        -s3.autoCreateBucket=false
-    )
+    local b=$S_BASE args
+    mapfile -t args < <(s3ts_weed_mini_args "$b" "$S_PORT" "$W_DATA" "$W_LOGS" "$W_STATE")
+    args+=(-s3.cert.file="$PKI/server.pem" -s3.key.file="$PKI/server.key"
+        -master.volumeSizeLimitMB=64 -volume.max=100)
     s3ts_log "starting weed mini $W_VERSION, S3 over HTTPS on $ENDPOINT (internal ports $((b + 1))-$((b + 9))), data in $W_DATA"
     printf '\n===== %s starting weed %s (HTTPS) =====\n' "$(date -u +%FT%TZ)" "$W_VERSION" >>"$W_LOGS/stdout.log"
     (cd "$W_STATE" && AWS_ACCESS_KEY_ID=$S3TS_SECURE_S3_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY=$S3TS_SECURE_S3_SECRET_ACCESS_KEY \
@@ -300,21 +250,17 @@ cmd_start() {
     make_credentials
     load_credentials
     make_pki
-    local kpid wpid q
+    local kpid wpid
     if ! kpid=$(s3ts_pid_alive "$K_PIDFILE" "$K_MATCH"); then
         rm -f "$K_PIDFILE"
-        for q in "$K_PORT" "$K_CPORT"; do
-            if s3ts_port_open "$q"; then s3ts_die "port $q on 127.0.0.1 is in use by another process (not this script's broker with S3TS_SECURE_STATE=$SSTATE); set S3TS_SECURE_KAFKA_PORT/S3TS_SECURE_KAFKA_CONTROLLER_PORT"; fi
-        done
+        s3ts_ports_free "not this script's broker with S3TS_SECURE_STATE=$SSTATE; set S3TS_SECURE_KAFKA_PORT/S3TS_SECURE_KAFKA_CONTROLLER_PORT" "$K_PORT" "$K_CPORT"
         [ -f "$S3TS_HOME/kafka-$K_VERSION/.installed" ] || bash "$S3TS_SERVICES_DIR/kafka.sh" install
         k_launch
         kpid=$(cat "$K_PIDFILE")
     fi
     if ! wpid=$(s3ts_pid_alive "$W_PIDFILE" "$W_MATCH"); then
         rm -f "$W_PIDFILE"
-        for q in "${W_PORTS[@]}"; do
-            if s3ts_port_open "$q"; then s3ts_die "port $q on 127.0.0.1 is in use by another process (not this script's weed with S3TS_SECURE_STATE=$SSTATE); set S3TS_SECURE_S3_PORT/S3TS_SECURE_SEAWEEDFS_PORT_BASE (ports used: ${W_PORTS[*]})"; fi
-        done
+        s3ts_ports_free "not this script's weed with S3TS_SECURE_STATE=$SSTATE; set S3TS_SECURE_S3_PORT/S3TS_SECURE_SEAWEEDFS_PORT_BASE (ports used: ${W_PORTS[*]})" "${W_PORTS[@]}"
         [ -x "$W_BIN" ] || bash "$S3TS_SERVICES_DIR/seaweedfs.sh" install
         w_launch
         wpid=$(cat "$W_PIDFILE")
