@@ -15,16 +15,30 @@ from helpers import (
     ProcessorRun,
     committed_offsets,
     encoded_chunks,
+    journal_entries,
+    journal_outcomes,
     list_objects,
     produce,
     read_object,
     write_tree,
 )
 from s3transfer_stream import _core
+from s3transfer_stream.registry import InProgressRow, ProcessedRow, read_table
 
 pytestmark = pytest.mark.integration
 
 MiB = 1 << 20
+
+
+def registry_tables(
+    out: Path, topic: str, group: str
+) -> tuple[list[InProgressRow], list[ProcessedRow]]:
+    logs = out / "LOGS"
+    in_progress = read_table(
+        InProgressRow, logs / f"consuming_from_{topic}_by_{group}_in_progress.csv"
+    )
+    processed = read_table(ProcessedRow, logs / f"processed_from_{topic}_by_{group}.csv")
+    return in_progress, processed
 
 
 def crafted(name: str, chunk_i: int, n: int, offset: int, data: bytes, file_hash: bytes) -> bytes:
@@ -46,15 +60,32 @@ def test_a_finished_file_sent_again_smaller_or_same_size_lands_again(
     src = tmp_path / "src"
     key = f"{topic}/inst/run.dat"
     versions = [os.urandom(5 * 524288 + 7), os.urandom(2 * 524288 + 1), os.urandom(2 * 524288 + 9)]
+    sent = 0
     for n, data in enumerate(versions, 1):
         write_tree(src, {"inst/run.dat": data})
         os.utime(src / "inst/run.dat", (1_700_000_000 + n, 1_700_000_000 + n))
-        produce(kafka_bootstrap, topic, ((k, v, 0) for k, v in encoded_chunks(src, "inst/run.dat")))
+        sent += produce(
+            kafka_bootstrap, topic, ((k, v, 0) for k, v in encoded_chunks(src, "inst/run.dat"))
+        )
         run.wait_for(
             lambda n=n: run.stderr().count("Transferred inst/run.dat") == n, 120, f"version {n}"
         )
         assert read_object(s3_client, bucket, key) == data
+        # The n-th transfer line is the n-th journal entry, of this version's size.
+        entries = journal_entries(tmp_path / "out" / "LOGS", topic, group)
+        assert [(e.rel_path, e.outcome, e.size) for e in entries] == [
+            ("inst/run.dat", "transferred", len(v)) for v in versions[:n]
+        ]
     assert run.quit() == 0
+    assert sent == 6 + 3 + 3
+    assert committed_offsets(kafka_bootstrap, topic, group) == {0: sent}
+    in_progress, processed = registry_tables(tmp_path / "out", topic, group)
+    assert in_progress == []
+    assert [(r.rel_filepath.as_posix(), r.n_chunks) for r in processed] == [
+        ("inst/run.dat", 6),
+        ("inst/run.dat", 3),
+        ("inst/run.dat", 3),
+    ]
 
 
 def test_crafted_small_messages_cannot_fill_memory_or_fail_a_real_file(
@@ -89,11 +120,25 @@ def test_crafted_small_messages_cannot_fill_memory_or_fail_a_real_file(
     # The strays and the forgery never complete: they keep the offsets before them
     # uncommitted (until abandoned), never the real file.
     assert committed_offsets(kafka_bootstrap, topic, group).get(0, 0) < n
+    # The first stray is message 0: nothing at all can be committed yet.
+    assert committed_offsets(kafka_bootstrap, topic, group).get(0, 0) == 0
     assert run.quit() == 0
     err = run.stderr()
     assert "Failed to transfer" not in err and "cannot be reassembled" not in err
     assert "Failed (0): none" in err  # the check listing: no failed file
     assert list_objects(s3_client, bucket) == {f"{topic}/real.bin": len(real)}
+    # Nothing was given up: the journal holds the real file's transfer alone; the
+    # registry lists the strays as in progress (none failed) and the real file processed.
+    out = tmp_path / "out"
+    assert journal_outcomes(out / "LOGS", topic, group) == [("real.bin", "transferred")]
+    in_progress, processed = registry_tables(out, topic, group)
+    assert sorted((r.rel_filepath.as_posix(), r.status) for r in in_progress) == sorted(
+        (f"stray{k}.dat", "in_progress") for k in range(40)
+    )
+    assert [(r.rel_filepath.as_posix(), r.n_chunks) for r in processed] == [
+        ("real.bin", len(chunks))
+    ]
+    assert committed_offsets(kafka_bootstrap, topic, group).get(0, 0) == 0
 
 
 def test_stray_files_are_abandoned_and_then_committed_past(
@@ -137,3 +182,9 @@ def test_stray_files_are_abandoned_and_then_committed_past(
     assert sorted((r.rel_filepath.as_posix(), r.status) for r in rows) == [
         (f"stray{k}.dat", "abandoned") for k in range(3)
     ]
+    # The three "Giving up" lines are journal entries that account for their offsets.
+    assert journal_outcomes(tmp_path / "out" / "LOGS", topic, group) == sorted(
+        [(rel, "transferred") for rel in files] + [(f"stray{k}.dat", "abandoned") for k in range(3)]
+    )
+    _, processed = registry_tables(tmp_path / "out", topic, group)
+    assert sorted(r.rel_filepath.as_posix() for r in processed) == sorted(files)
