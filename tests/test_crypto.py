@@ -1,9 +1,12 @@
-"""KafkaCrypto-encrypted chunk topics (issue 12, stage 1), against the real broker.
+"""KafkaCrypto-encrypted chunk topics (issue 12, stages 1 and 2), against the real
+broker and S3 server.
 
 Fresh nodes are provisioned by services/kafkacrypto.sh; OpenMSIStream 1.8.8's
 UploadDataFile (its own venv, services/openmsistream-peer.sh) produces an encrypted file;
 a plain confluent_kafka consumer reads the raw topic; s3transfer_stream.crypto decrypts
-it into chunks our decoder accepts. The processor and our producers do not encrypt yet.
+it into chunks our decoder accepts; our S3TransferStreamProcessor, given a config with
+[kafkacrypto], decrypts the topic into the bucket, and holds (never commits past) what
+its node cannot decrypt. Our producers do not encrypt yet.
 """
 
 from __future__ import annotations
@@ -13,16 +16,28 @@ import importlib.util
 import os
 import random
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from peer import Program, install_peer, tail
+from helpers import (
+    ProcessorRun,
+    committed_offsets,
+    encoded_chunks,
+    list_objects,
+    log_ends,
+    produce,
+    read_object,
+)
+from peer import PEER_CONFIG, Program, install_peer, tail
 from s3transfer_stream import _core
+from s3transfer_stream.config import load_config
 from s3transfer_stream.crypto import (
     CryptoError,
     CryptoNode,
@@ -31,6 +46,7 @@ from s3transfer_stream.crypto import (
     KafkaCryptoSettings,
     NotYetDecryptable,
 )
+from s3transfer_stream.errors import ConfigError
 from s3transfer_stream.kafka import create_topic, delete_topic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +96,65 @@ def test_a_missing_node_is_reported_with_where_it_was_looked_for(tmp_path: Path)
     plain = tmp_path / "plain.config"
     plain.write_text("[broker]\nbootstrap.servers = x\n")
     assert KafkaCryptoSettings.from_config_file(plain) is None
+
+
+def test_the_config_keeps_kafkacrypto_and_finds_the_node_or_says_which_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("S3TRANSFER_STREAM_CONFIG_DIR", raising=False)
+    monkeypatch.delenv("OPENMSISTREAM_CONFIG_FILE_DIR", raising=False)
+    _node_dir(tmp_path, "lab_node")
+    cfg = tmp_path / "enc.config"
+    cfg.write_text("[broker]\nbootstrap.servers = x\n[kafkacrypto]\nnode_id = lab_node\n")
+    config = load_config(str(cfg))
+    assert config.kafkacrypto == {"node_id": "lab_node"}
+    found = config.kafkacrypto_settings()
+    assert found is not None
+    assert found.node_config == (tmp_path / "lab_node" / "lab_node.config").resolve()
+    # The processor decrypts with it; the producers still say they ignore it.
+    assert not any("[kafkacrypto]" in w for w in config.warnings(decrypting=True))
+    assert any("do not encrypt yet" in w for w in config.warnings())
+
+    cfg.write_text("[broker]\nbootstrap.servers = x\n[kafkacrypto]\nnode_id = gone\n")
+    missing = load_config(str(cfg))
+    with pytest.raises(ConfigError, match=r"enc\.config.*node_id = 'gone'.*gone\.config"):
+        missing.kafkacrypto_settings()
+
+    cfg.write_text("[broker]\nbootstrap.servers = x\n")
+    plain = load_config(str(cfg))
+    assert plain.kafkacrypto is None and plain.kafkacrypto_settings() is None
+
+
+def test_a_missing_extra_is_a_config_error_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from s3transfer_stream import crypto
+
+    monkeypatch.setattr(crypto, "_IMPORT_ERROR", ImportError("No module named 'kafkacrypto'"))
+    _node_dir(tmp_path, "lab_node")
+    cfg = tmp_path / "enc.config"
+    cfg.write_text("[kafkacrypto]\nnode_id = lab_node\n")
+    with pytest.raises(ConfigError, match=r"pip install 's3transfer-stream\[crypto\]'"):
+        load_config(str(cfg)).kafkacrypto_settings()
+
+
+def test_a_plaintext_config_never_loads_kafkacrypto(tmp_path: Path) -> None:
+    # A fresh interpreter: this one has loaded it for the tests above.
+    code = (
+        "import sys\n"
+        "from s3transfer_stream.cli import processor\n"
+        "from s3transfer_stream.processor import S3TransferStreamProcessor\n"
+        "from s3transfer_stream.config import load_config\n"
+        f"c = load_config({str(tmp_path / 'p.config')!r})\n"
+        "assert c.kafkacrypto_settings() is None\n"
+        "args = processor.build_parser().parse_args(['b', '--max_wait_per_decrypt', '1'])\n"
+        "processor.options_from_args(args)\n"
+        "loaded = [m for m in sys.modules if m.startswith(('kafkacrypto', 's3transfer_stream.crypto'))]\n"
+        "assert not loaded, loaded\n"
+    )
+    (tmp_path / "p.config").write_text("[broker]\nbootstrap.servers = x\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
 
 
 # --------------------------------------------------------------------- provisioning
@@ -337,3 +412,273 @@ def test_plaintext_in_an_encrypted_topic_is_refused_unless_asked_for(
         assert passed.value == bytes(value) and passed.key == key
     finally:
         node.close()
+
+
+# --------------------------------------------------------------------- our processor
+
+
+def still_held(log: str, topic: str, partition: int, offset: int) -> list[str]:
+    where = f"message at topic {topic} partition {partition} offset {offset} not decryptable"
+    return [line for line in log.splitlines() if where in line and "Still held after" in line]
+
+
+def node_named(encrypted: Encrypted, role: str) -> str:
+    return next(n for n in encrypted.nodes if n.endswith(f"_{role}"))
+
+
+def processor_config(nodes: dict[str, Path], node_id: str) -> Path:
+    """OpenMSIStream's local S3 config plus ``[kafkacrypto] node_id``, beside the node
+    directories (where OpenMSIStream, and we, look for a node id)."""
+    cfg = nodes[node_id].parent.parent / f"processor_{node_id}.config"
+    cfg.write_text(PEER_CONFIG + f"\n[kafkacrypto]\nnode_id = {node_id}\n", encoding="utf-8")
+    return cfg
+
+
+def run_to_completion(
+    run: ProcessorRun,
+    s3_client: Any,
+    bootstrap: str,
+    bucket: str,
+    topic: str,
+    group: str,
+    expected: dict[str, bytes],
+) -> str:
+    """Waits for ``expected`` (key -> bytes) in the bucket and every offset committed,
+    quits the processor and returns its log."""
+    sizes = {key: len(data) for key, data in expected.items()}
+    ends = {p: end for p, end in log_ends(bootstrap, topic).items() if end > 0}
+    try:
+        run.wait_for(lambda: list_objects(s3_client, bucket) == sizes, 120, f"objects {sizes}")
+        run.wait_for(
+            lambda: committed_offsets(bootstrap, topic, group) == ends, 60, f"commits at {ends}"
+        )
+        rc = run.quit(60)
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+    log = run.stderr()
+    assert rc == 0, f"our processor exited {rc}:\n{tail(log)}"
+    for key, data in expected.items():
+        assert read_object(s3_client, bucket, key) == data, key
+    return log
+
+
+@pytest.mark.integration
+def test_openmsistream_upload_through_our_processor_gives_the_identical_object(
+    encrypted: Encrypted,
+    s3_client: Any,
+    new_bucket: Any,
+    kafka_bootstrap: str,
+    tmp_path: Path,
+) -> None:
+    bucket = new_bucket()
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    node = node_named(encrypted, "consumer")
+    cfg = processor_config(encrypted.nodes, node)
+    run = ProcessorRun(bucket, encrypted.topic, group, tmp_path / "out", "--config", str(cfg))
+    log = run_to_completion(
+        run,
+        s3_client,
+        kafka_bootstrap,
+        bucket,
+        encrypted.topic,
+        group,
+        {f"{encrypted.topic}/{encrypted.name}": encrypted.source},
+    )
+    assert f"with KafkaCrypto node {encrypted.nodes[node]}" in log
+    assert "[kafkacrypto]" not in log, "the section must not be reported as ignored"
+    assert "messages were skipped as unusable" not in log
+    # A fresh node asks for a key only when a message needs it: the first message of
+    # each partition is held until the key arrives, then read again in the same run.
+    assert "decrypted after being held" in log, tail(log)
+
+
+@pytest.mark.integration
+def test_a_node_without_the_keys_holds_commits_nothing_then_the_right_node_completes(
+    encrypted: Encrypted,
+    s3_client: Any,
+    new_bucket: Any,
+    kafka_bootstrap: str,
+    tmp_path: Path,
+) -> None:
+    bucket = new_bucket()
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    topic = encrypted.topic
+    outsider = processor_config(encrypted.nodes, node_named(encrypted, "outsider"))
+    waits = ("--max_initial_wait_per_decrypt", "2", "--max_wait_per_decrypt", "1")
+    run = ProcessorRun(
+        bucket, topic, group, tmp_path / "out", "--config", str(outsider), *waits, tag="outsider"
+    )
+    first = min(encrypted.raw)[0]
+    try:
+        # The first warning comes after the initial wait, the next after the shorter one.
+        run.wait_for(
+            lambda: len(still_held(run.stderr(), topic, first, 0)) >= 2,
+            90,
+            f"two 'still held' warnings for partition {first}",
+        )
+        assert committed_offsets(kafka_bootstrap, topic, group) == {}
+        assert list_objects(s3_client, bucket) == {}
+        rc = run.quit(60)
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+    log = run.stderr()
+    assert rc == 0, tail(log)
+    # Nothing was decryptable, so no partition got a position to commit, not even at quit.
+    assert committed_offsets(kafka_bootstrap, topic, group) == {}
+    assert list_objects(s3_client, bucket) == {}
+    partitions = {p for p, _, _, _ in encrypted.raw}
+    for p in partitions:
+        line = f"message at topic {topic} partition {p} offset 0 not decryptable (value)"
+        assert log.count(line + ": node ") >= 1, f"no hold line for partition {p}:\n{tail(log)}"
+    assert "no decryption key for root topic" in log and f"{topic}.reqs" in log
+    assert "it is never skipped" in log
+    assert "messages were skipped as unusable" not in log
+
+    consumer = processor_config(encrypted.nodes, node_named(encrypted, "consumer"))
+    again = ProcessorRun(
+        bucket, topic, group, tmp_path / "out", "--config", str(consumer), tag="consumer"
+    )
+    run_to_completion(
+        again,
+        s3_client,
+        kafka_bootstrap,
+        bucket,
+        topic,
+        group,
+        {f"{topic}/{encrypted.name}": encrypted.source},
+    )
+
+
+@pytest.mark.integration
+def test_a_message_whose_key_comes_late_is_held_at_its_offset_then_completes(
+    s3_client: Any,
+    new_bucket: Any,
+    kafka_bootstrap: str,
+    tmp_path: Path,
+) -> None:
+    """Two producer nodes of one trust domain encrypt a file each into one partition.
+    The first keeps serving its keys; the second has stopped, so the second file's first
+    message is held: the commit must stop exactly there, with the first file stored. Once
+    the second node serves its keys again, the same run completes."""
+    if importlib.util.find_spec("kafkacrypto") is None:
+        pytest.skip("the crypto extra is not installed (bash services/kafkacrypto.sh install)")
+    # No "." in the name: KafkaCrypto keys a topic by its name up to the first ".".
+    topic = f"enc_late_{uuid.uuid4().hex[:10]}"
+    for name in (topic, f"{topic}.keys", f"{topic}.reqs", f"{topic}.subs"):
+        create_topic(kafka_bootstrap, name, 1)
+    # In another process: KafkaCrypto keeps a lock on a node's config file that only
+    # the end of the process that opened it surely lets go of.
+    env = os.environ | {
+        "S3TS_KC_ROT_PASSWORD": uuid.uuid4().hex,
+        "S3TS_KC_PROVISIONING_PASSWORD": uuid.uuid4().hex,
+    }
+    res = subprocess.run(
+        [
+            *(sys.executable, "-m", "s3transfer_stream.crypto", "provision"),
+            *(str(tmp_path / "nodes"), "--bootstrap-servers", kafka_bootstrap),
+            *("--sub-interval", "5", "--node", f"late_p1:producer:{topic}"),
+            *("--node", f"late_p2:producer:{topic}", "--node", f"late_c:consumer:{topic}"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert res.returncode == 0, tail(res.stderr)
+    nodes = {
+        node_id: Path(path)
+        for node_id, path in (line.split("\t", 1) for line in res.stdout.splitlines())
+    }
+    broker = {"bootstrap.servers": kafka_bootstrap}
+    rng = random.Random(21)
+    files = {"first.bin": rng.randbytes(5 * CHUNK + 7), "second.bin": rng.randbytes(3 * CHUNK)}
+    src = tmp_path / "src"
+    src.mkdir()
+    for rel, data in files.items():
+        (src / rel).write_bytes(data)
+
+    def encrypted_chunks(node: CryptoNode, rel: str) -> list[tuple[Any, bytes, int]]:
+        out = []
+        for key, value in encoded_chunks(src, rel, CHUNK):
+            enc_key, enc_value = node.encrypt(topic, key.encode(), bytes(value))
+            out.append((enc_key, enc_value, 0))
+        return out
+
+    first = CryptoNode(KafkaCryptoSettings(nodes["late_p1"]), broker)
+    server: CryptoNode | None = None
+    try:
+        n_first = produce(kafka_bootstrap, topic, encrypted_chunks(first, "first.bin"))
+        second = CryptoNode(KafkaCryptoSettings(nodes["late_p2"]), broker)
+        try:
+            n_second = produce(kafka_bootstrap, topic, encrypted_chunks(second, "second.bin"))
+            saved = configparser.ConfigParser(delimiters=(":",), interpolation=None)
+            deadline = time.monotonic() + 20
+            while not (
+                saved.read(nodes["late_p2"]) and saved.has_option("late_p2-crypto", "oldkeys")
+            ):
+                assert time.monotonic() < deadline, "KafkaCrypto never saved late_p2's keys"
+                time.sleep(0.5)
+        finally:
+            second.close()
+
+        bucket = new_bucket()
+        group = f"g-{uuid.uuid4().hex[:8]}"
+        cfg = processor_config(nodes, "late_c")
+        run = ProcessorRun(
+            bucket,
+            topic,
+            group,
+            tmp_path / "out",
+            *("--config", str(cfg), "--max_initial_wait_per_decrypt", "3"),
+            *("--max_wait_per_decrypt", "2"),
+        )
+        try:
+            run.wait_for(
+                lambda: list_objects(s3_client, bucket) == {f"{topic}/first.bin": 5 * CHUNK + 7},
+                120,
+                "the first file in the bucket",
+            )
+            run.wait_for(
+                lambda: bool(still_held(run.stderr(), topic, 0, n_first)),
+                60,
+                f"a 'still held' warning for offset {n_first}",
+            )
+            run.wait_for(
+                lambda: committed_offsets(kafka_bootstrap, topic, group) == {0: n_first},
+                30,
+                f"the commit at the held offset {n_first}",
+            )
+            # A few more commit rounds: it must not move past the held message.
+            time.sleep(5)
+            assert committed_offsets(kafka_bootstrap, topic, group) == {0: n_first}
+            assert list(list_objects(s3_client, bucket)) == [f"{topic}/first.bin"]
+
+            server = CryptoNode(KafkaCryptoSettings(nodes["late_p2"]), broker)
+            server.serve_keys(topic)
+            log = run_to_completion(
+                run,
+                s3_client,
+                kafka_bootstrap,
+                bucket,
+                topic,
+                group,
+                {f"{topic}/{rel}": data for rel, data in files.items()},
+            )
+        finally:
+            if run.proc.poll() is None:
+                run.proc.kill()
+        assert committed_offsets(kafka_bootstrap, topic, group) == {0: n_first + n_second}
+        assert f"{topic}[0]@{n_first} decrypted after being held" in log, tail(log)
+        assert "it is never skipped" in log
+    finally:
+        first.close()
+        if server is not None:
+            server.close()
+        try:
+            delete_topic(
+                kafka_bootstrap, [topic, f"{topic}.keys", f"{topic}.reqs", f"{topic}.subs"]
+            )
+        except Exception:  # cleanup only
+            pass

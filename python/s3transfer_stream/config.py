@@ -13,7 +13,11 @@ literal ``%`` is written ``%%``; keys are lowercased) with these sections:
   log topics, used when they set ``prefer.separate.producer`` (see
   :mod:`s3transfer_stream.heartbeats`); ``[log]`` may also set
   ``max.logs.per.message`` and ``log.level``;
-* anything else (``[kafkacrypto]``...) is kept by name but not used.
+* ``[kafkacrypto]``: the KafkaCrypto node (``node_id`` or ``config_file``) of an
+  encrypted topic, as OpenMSIStream names it; kept as :attr:`TransferConfig.kafkacrypto`
+  and resolved by :meth:`TransferConfig.kafkacrypto_settings` (the processor decrypts;
+  the producers do not encrypt yet);
+* anything else is kept by name but not used.
 
 A value that starts with ``$`` names environment variables (``$X``, ``${X}``,
 ``$X/suffix``) and is expanded; an unset variable is an error that names the
@@ -42,8 +46,12 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .crypto import KafkaCryptoSettings
 
 __all__ = [
     "CONFIG_DIR_ENV",
@@ -124,8 +132,11 @@ CONFIG_SECTIONS: tuple[ConfigSection, ...] = (
     ),
     ConfigSection(
         "kafkacrypto",
-        "OpenMSIStream's encryption settings: not supported; the section is ignored with a "
-        "warning (messages are neither encrypted nor decrypted). Any other section is ignored.",
+        "OpenMSIStream's encryption settings: the KafkaCrypto node whose keys decrypt the "
+        "topic (needs the extra: pip install 's3transfer-stream[crypto]'; docs/encryption.md). "
+        "S3TransferStreamProcessor decrypts with it; UploadDataFile and "
+        "DataFileUploadDirectory do not encrypt yet (they ignore it). Any other section is "
+        "ignored.",
     ),
 )
 
@@ -231,6 +242,19 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
         "'consumer' (KIP-848): the settings the broker decides then (session.timeout.ms, "
         "heartbeat.interval.ms, partition.assignment.strategy, ...) are dropped with a warning",
         default="classic",
+    ),
+    ConfigKey(
+        "kafkacrypto",
+        "config_file",
+        "the node's KafkaCrypto config file (a leading 'file#' is dropped; a relative path "
+        "is taken beside this config file first); wins over node_id",
+    ),
+    ConfigKey(
+        "kafkacrypto",
+        "node_id",
+        "the node's id: <dir>/<node_id>/<node_id>.config is looked for in "
+        "$S3TRANSFER_STREAM_CONFIG_DIR (else $OPENMSISTREAM_CONFIG_FILE_DIR), the package's "
+        "config_files, this config file's directory, then the working directory",
     ),
     ConfigKey("s3", "access_key_id", "the S3 access key id (a secret: use $NAME)", required=True),
     ConfigKey("s3", "secret_key_id", "the S3 secret key (a secret: use $NAME)", required=True),
@@ -454,6 +478,9 @@ class TransferConfig:
     #: ``[heartbeat]`` and ``[log]`` (expanded; no node_id, no serializer keys).
     heartbeat: dict[str, str] = field(default_factory=dict, repr=False)
     log: dict[str, str] = field(default_factory=dict, repr=False)
+    #: ``[kafkacrypto]`` (expanded), or None when the file has no such section.
+    kafkacrypto: dict[str, str] | None = field(default=None, repr=False)
+    kafkacrypto_error: str = field(default="", repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.fresh_group_id:
@@ -495,8 +522,32 @@ class TransferConfig:
         settings["group.id"] = self.effective_group_id(group_id)
         return settings
 
-    def warnings(self) -> list[str]:
-        """Things in the file that work but are probably not what the user wants."""
+    def kafkacrypto_settings(self) -> KafkaCryptoSettings | None:
+        """The KafkaCrypto node ``[kafkacrypto]`` names, or None without the section.
+
+        Resolved on request, not by :func:`load_config`: only a program that decrypts
+        needs KafkaCrypto installed and the node's files present. Raises
+        :class:`ConfigError` naming this file and the key when the extra is missing or
+        the node cannot be found.
+        """
+        if self.kafkacrypto is None:
+            return None
+        if self.kafkacrypto_error:
+            raise ConfigError(self.kafkacrypto_error)
+        # Imported here: a config without the section never loads KafkaCrypto.
+        from . import crypto
+
+        try:
+            crypto.require_kafkacrypto()
+            return crypto.KafkaCryptoSettings.from_section(
+                self.kafkacrypto, self.path, search_dirs=_config_dirs()
+            )
+        except crypto.CryptoError as exc:
+            raise ConfigError(f"{self.path}: {exc}") from None
+
+    def warnings(self, *, decrypting: bool = False) -> list[str]:
+        """Things in the file that work but are probably not what the user wants.
+        ``decrypting``: the caller uses ``[kafkacrypto]`` (the processor)."""
         found: list[str] = []
         if "consumer" in self.sections and self.consumer:
             auto_commit = self.consumer.get("enable.auto.commit")
@@ -509,10 +560,10 @@ class TransferConfig:
                     "of files not yet stored, and a crash would lose them). Set "
                     "enable.auto.commit = False to make the file say what happens."
                 )
-        if "kafkacrypto" in self.sections:
+        if "kafkacrypto" in self.sections and not decrypting:
             found.append(
-                f"[kafkacrypto] in {self.path} is ignored: s3transfer-stream does not "
-                "encrypt or decrypt messages"
+                f"[kafkacrypto] in {self.path} is ignored here: s3transfer-stream's producers "
+                "do not encrypt yet (only S3TransferStreamProcessor decrypts)"
             )
         found.extend(self.notes)
         return found
@@ -688,6 +739,15 @@ def load_config(name_or_path: str, *, require: Sequence[str] = ()) -> TransferCo
     for section in _SIDE_SECTIONS:
         side[section] = _side_settings(parser, source, section) if section in sections else {}
 
+    kafkacrypto: dict[str, str] | None = None
+    kafkacrypto_error = ""
+    if "kafkacrypto" in sections:
+        try:
+            kafkacrypto = _section(parser, source, "kafkacrypto")
+        except ConfigError as exc:
+            # Only a program that decrypts needs the section: it fails when it asks.
+            kafkacrypto, kafkacrypto_error = {}, str(exc)
+
     return TransferConfig(
         path=source,
         broker=broker_for_clients,
@@ -699,4 +759,6 @@ def load_config(name_or_path: str, *, require: Sequence[str] = ()) -> TransferCo
         fresh_group_id=fresh_group_id,
         heartbeat=side["heartbeat"],
         log=side["log"],
+        kafkacrypto=kafkacrypto,
+        kafkacrypto_error=kafkacrypto_error,
     )

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .errors import S3TransferStreamError
+
 # KafkaCrypto (and msgpack, which it brings) is optional and untyped: its modules are
 # loaded by name and used as Any, so mypy checks this file the same with or without it.
 _IMPORT_ERROR: Exception | None = None
@@ -68,6 +70,7 @@ __all__ = [
     "NotYetDecryptable",
     "is_encrypted",
     "provision_nodes",
+    "require_kafkacrypto",
 ]
 
 #: The version the ``crypto`` extra pins and the tests ran against.
@@ -83,7 +86,7 @@ _ENCRYPTED_MARK = 0x01
 _POLL_STEP = 0.1
 
 
-class CryptoError(Exception):
+class CryptoError(S3TransferStreamError):
     """A KafkaCrypto set-up that cannot work (missing node files, bad section)."""
 
 
@@ -91,12 +94,13 @@ class CryptoUnavailable(CryptoError):
     """The ``kafkacrypto`` package (extra ``s3transfer-stream[crypto]``) is not installed."""
 
 
-def _require() -> None:
+def require_kafkacrypto() -> None:
+    """Raises :class:`CryptoUnavailable` (naming the extra) unless KafkaCrypto loaded."""
     if _IMPORT_ERROR is not None:
         raise CryptoUnavailable(
-            "a [kafkacrypto] section needs the kafkacrypto package: install "
-            f"s3transfer-stream[crypto] (kafkacrypto=={KAFKACRYPTO_VERSION}); "
-            f"import failed: {_IMPORT_ERROR}"
+            "a [kafkacrypto] section needs the kafkacrypto package: "
+            f"pip install 's3transfer-stream[crypto]' (kafkacrypto=={KAFKACRYPTO_VERSION}, "
+            f"and the system libsodium); import failed: {_IMPORT_ERROR}"
         ) from _IMPORT_ERROR
 
 
@@ -158,7 +162,7 @@ class KafkaCryptoSettings:
             if candidate.is_file():
                 return cls(candidate.resolve(), source)
         raise CryptoError(
-            f"no KafkaCrypto node {node_id!r}"
+            f"no KafkaCrypto node for [kafkacrypto] node_id = {node_id!r}"
             + (f" (from {source})" if source else "")
             + ": none of "
             + ", ".join(str(c) for c in candidates)
@@ -269,8 +273,13 @@ class CryptoNode:
         broker: Mapping[str, Any],
         *,
         options: DecryptOptions | None = None,
+        block_on_new_key: bool = True,
     ) -> None:
-        _require()
+        """``block_on_new_key=False``: the first :meth:`decrypt` of a new key index
+        returns at once instead of waiting up to about 10 s inside KafkaCrypto (its
+        key request goes out all the same), for a caller that holds the message and
+        retries it itself, so that one missing key never stalls its thread."""
+        require_kafkacrypto()
         self.settings = settings
         self.options = options if options is not None else DecryptOptions()
         self._options_lock = threading.Lock()
@@ -305,6 +314,10 @@ class CryptoNode:
             str(crypto_file),
             str(seed_file),
         )
+        if not block_on_new_key:
+            # KafkaCrypto counts this many 1 s steps down, sleeping between them; one
+            # step means no sleep. It is read per call, from the instance.
+            self._crypto.DESER_INITIAL_WAIT_INTERVALS = 1
         self._key_ser: Any = self._crypto.getKeySerializer()
         self._value_ser: Any = self._crypto.getValueSerializer()
         self._key_des: Any = self._crypto.getKeyDeserializer()
@@ -349,6 +362,19 @@ class CryptoNode:
         self.encrypt(topic, None, b"")
 
     # -- consuming
+
+    def wait_budget(self, parts: Sequence[str]) -> float:
+        """How long a message whose ``parts`` failed may wait before a caller that
+        retries it itself reports it (upstream's per-part initial or later wait)."""
+        with self._options_lock:
+            return max((self.options.budget(part) for part in parts), default=0.0)
+
+    def waited_out(self, parts: Sequence[str]) -> None:
+        """A caller retrying by itself let ``parts`` wait their budget out: from now
+        on the shorter ``max_wait_per_decrypt`` applies to them."""
+        with self._options_lock:
+            for part in parts:
+                self.options.failed(part)
 
     def decrypt(
         self,
@@ -436,9 +462,11 @@ class CryptoNode:
             )
         index = _key_index(value)
         which = f"key index {index!r}" if index is not None else "its key index"
+        # A caller retrying with no wait of its own counts the time itself.
+        after = f" after waiting {waited:.1f} s" if waited >= _POLL_STEP else ""
         return (
-            f"node {self.node_id} has no decryption key for root topic {root}, {which}, "
-            f"after waiting {waited:.1f} s: the key exchange over {root}.keys/{root}.reqs/"
+            f"node {self.node_id} has no decryption key for root topic {root}, {which}"
+            f"{after}: the key exchange over {root}.keys/{root}.reqs/"
             f"{root}.subs has not delivered it (is a producer node for {root} running, and "
             "does this node's chain allow this topic under the producer's root of trust?)"
         )
@@ -532,7 +560,7 @@ def provision_nodes(
     Returns each node id's config path. ``sub_interval`` shortens KafkaCrypto's
     60 s wait between repeated key requests (tests).
     """
-    _require()
+    require_kafkacrypto()
     if len(rot_password) < 12 or len(provisioning_password) < 6:
         raise CryptoError("the root password needs 12+ characters, the provisioning one 6+")
     with _quiet():

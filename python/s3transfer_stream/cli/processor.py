@@ -10,7 +10,7 @@ import sys
 import threading
 import uuid
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from ..config import load_config
 from ..console import Console
@@ -37,6 +37,9 @@ from .common import (
     regex,
     setup_program_logging,
 )
+
+if TYPE_CHECKING:
+    from ..crypto import DecryptOptions
 
 PROGRAM = "S3TransferStreamProcessor"
 DEFAULT_OUTPUT_DIR = f"./{PROGRAM}_output"
@@ -178,29 +181,46 @@ def build_parser() -> argparse.ArgumentParser:
     add_logger_args(p, "Default: <output_dir>/LOGS.")
     add_metrics_args(p)
     add_heartbeat_args(p)
+    # The three KafkaCrypto options keep OpenMSIStream's names, defaults and meaning
+    # (docs/encryption.md); without a [kafkacrypto] section they change nothing.
     p.add_argument(
         "--treat_undecryptable_as_plaintext",
         action="store_true",
-        help="not supported: encrypted (KafkaCrypto) topics are not supported; giving it is an error",
+        help="with [kafkacrypto]: a message value that is not KafkaCrypto output at all (so no "
+        "key could ever open it) is processed as a plaintext chunk instead of being held. "
+        "This gives up the guarantee that only encrypted messages are accepted",
     )
     p.add_argument(
-        "--max_wait_per_decrypt", type=float, default=5.0, help="not supported (KafkaCrypto)"
+        "--max_wait_per_decrypt",
+        type=non_negative_float,
+        default=5.0,
+        help="with [kafkacrypto]: once a first message has waited out its key, how many "
+        "seconds each further one may wait before a warning is logged. The message stays held "
+        "and is retried; it is never skipped, and nothing past it is committed",
     )
     p.add_argument(
         "--max_initial_wait_per_decrypt",
-        type=float,
+        type=non_negative_float,
         default=60.0,
-        help="not supported (KafkaCrypto)",
+        help="with [kafkacrypto]: how many seconds the first message that lacks its key may "
+        "wait before that warning; after that the shorter --max_wait_per_decrypt applies",
     )
     return p
 
 
+def decrypt_options(args: argparse.Namespace) -> DecryptOptions:
+    """The three KafkaCrypto options; call only for a config with ``[kafkacrypto]``."""
+    # Imported here: it loads KafkaCrypto, which a plaintext run never needs.
+    from ..crypto import DecryptOptions
+
+    return DecryptOptions(
+        treat_undecryptable_as_plaintext=args.treat_undecryptable_as_plaintext,
+        max_wait_per_decrypt=args.max_wait_per_decrypt,
+        max_initial_wait_per_decrypt=args.max_initial_wait_per_decrypt,
+    )
+
+
 def options_from_args(args: argparse.Namespace) -> ProcessorOptions:
-    if args.treat_undecryptable_as_plaintext:
-        raise ConfigError(
-            "this OpenMSIStream option is not supported by s3transfer-stream: "
-            "--treat_undecryptable_as_plaintext"
-        )
     if args.part_size < 5:
         raise ConfigError(f"--part_size {args.part_size} is below S3's minimum part size of 5 MiB")
     if args.max_buffer_mib < 2 * args.part_size:
@@ -243,10 +263,10 @@ def main(argv: list[str] | None = None, *, stdin: TextIO | None = None) -> int:
         )
     try:
         config = load_config(args.config, require=("broker", "consumer", "s3"))
-        if "kafkacrypto" in config.sections:
-            raise ConfigError(
-                f"{config.path} has a [kafkacrypto] section: encrypted topics are not supported"
-            )
+        crypto = config.kafkacrypto_settings()
+        if crypto is not None:
+            options.decrypt = decrypt_options(args)
+            log.info(f"Decrypting {options.topic} with KafkaCrypto node {crypto.node_config}")
         assert config.s3 is not None
         client = make_client(config.s3, max_connections=options.max_parts_in_flight + 8)
         check_bucket(client, options.bucket)

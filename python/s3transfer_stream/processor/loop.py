@@ -9,6 +9,12 @@ synchronous final commit; lost ones get none (their generation is gone).
 
 Eager and cooperative assignors, and Kafka 4's ``group.protocol=consumer``,
 are told apart from the settings: the latter two take ``incremental_assign``.
+
+Encrypted topics (``[kafkacrypto]``): each message is decrypted before the ledger
+sees it. The first message of a partition that cannot be decrypted yet is held like a
+deferred one: it and everything after it in that partition are left out of the batch
+and read again from its offset after a rest, so the ledger never reads past it and no
+commit can pass it. It is retried until it decrypts, never skipped.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -26,6 +33,9 @@ from ..metrics import NO_METRICS, ProcessorHooks
 from .ledger import Ledger
 from .options import ProcessorOptions, Stats
 from .uploads import Uploader
+
+if TYPE_CHECKING:
+    from ..crypto import CryptoNode, NotYetDecryptable
 
 #: How long a partition whose message was deferred (no reassembly memory) rests.
 DEFER_PAUSE = 0.25
@@ -36,6 +46,10 @@ DEFER_PAUSE = 0.25
 FULL_WAIT = 1.0
 #: The final commit at shutdown or revocation waits at most this long.
 FINAL_COMMIT_TIMEOUT = 10.0
+#: How long a partition rests after a message of it could not be decrypted. A key
+#: arrives through KafkaCrypto's exchange topics within seconds at best (KafkaCrypto
+#: itself waits in steps of 1 s), and each retry fetches the batch again.
+HOLD_PAUSE = 1.0
 
 #: Settings the consumer group protocol (KIP-848) moved to the broker.
 CONSUMER_PROTOCOL_FORBIDDEN = (
@@ -76,6 +90,16 @@ def consumer_settings(
     return settings, "cooperative" in strategy.lower()
 
 
+@dataclass
+class _Hold:
+    """A message of an owned partition held back because it is not decryptable yet."""
+
+    offset: int
+    since: float
+    #: When the next "still held" warning is due.
+    warn_at: float
+
+
 class ConsumerLoop:
     def __init__(
         self,
@@ -91,6 +115,7 @@ class ConsumerLoop:
         stop: threading.Event,
         consumer_factory: Callable[[dict[str, Any]], Any] = Consumer,
         metrics: ProcessorHooks = NO_METRICS,
+        crypto: CryptoNode | None = None,
     ) -> None:
         self.index = index
         self.o = options
@@ -114,6 +139,9 @@ class ConsumerLoop:
         self.caught_up = False
         self.n_partitions = 0
         self.shutting_down = False
+        self.crypto = crypto
+        #: Per owned partition: the message held until it can be decrypted.
+        self._holds: dict[int, _Hold] = {}
 
     # -- the loop -------------------------------------------------------------------
 
@@ -158,7 +186,11 @@ class ConsumerLoop:
             consumer.close()
 
     def _handle_batch(self, consumer: Any, msgs: list[Any]) -> None:
-        events, n_stored, deferred = self.ledger.feed(msgs, self.index)
+        batch: Sequence[Any] = msgs
+        held: dict[int, int] = {}
+        if self.crypto is not None:
+            batch, held = self._decrypt(msgs, self.crypto)
+        events, n_stored, deferred = self.ledger.feed(batch, self.index)
         self.stats.add(
             messages_read=len(msgs),
             messages_processed=n_stored,
@@ -198,10 +230,101 @@ class ConsumerLoop:
             )
             self._rest_until[p] = rest
             self._seek(consumer, p, offset)
-        for p in {m.partition() for m in msgs} - {p for p, _ in deferred}:
+        deferred_partitions = {p for p, _ in deferred}
+        if held:
+            rest = time.monotonic() + HOLD_PAUSE
+            self.stats.add(messages_held=len(held))
+            for p, offset in held.items():
+                # A deferral in the same partition lies before the held message and
+                # is read again first; the message is met (and held) again after it.
+                if p not in deferred_partitions:
+                    self._rest_until[p] = rest
+                    self._seek(consumer, p, offset)
+        for p in {m.partition() for m in msgs} - deferred_partitions - held.keys():
             end = self.ledger.skip_ahead(p, self.index)
             if end is not None:
                 self._seek(consumer, p, end)
+
+    def _decrypt(
+        self, msgs: list[Any], node: CryptoNode
+    ) -> tuple[list[tuple[int, int, bytes | None]], dict[int, int]]:
+        """The batch as ``(partition, offset, plaintext value)`` up to the first message
+        of each partition that cannot be decrypted yet, and ``{partition: its offset}``.
+
+        Keys are not decrypted: reassembly never reads them. Each message is tried
+        once, without waiting beyond KafkaCrypto's own first wait for a new key index;
+        a held message is tried again when its partition is read again.
+        """
+        # Loaded already: the node exists. Kept out of the module's imports so that a
+        # plaintext run never loads KafkaCrypto.
+        from ..crypto import Decrypted
+
+        topic = self.o.topic
+        out: list[tuple[int, int, bytes | None]] = []
+        held: dict[int, int] = {}
+        for m in msgs:
+            p = m.partition()
+            if p in held:
+                continue
+            offset = m.offset()
+            hold = self._holds.get(p)
+            if hold is not None and offset > hold.offset:
+                # Read ahead before the seek back took effect: never past a held message.
+                held[p] = hold.offset
+                continue
+            raw = m.value()
+            if raw is None:
+                # A tombstone: the ledger reports it as it does in a plaintext topic.
+                out.append((p, offset, None))
+                continue
+            got = node.decrypt(topic, p, offset, None, raw, max_wait=0.0)
+            if not isinstance(got, Decrypted):
+                held[p] = offset
+                self._held(p, got, node)
+                continue
+            if hold is not None:
+                del self._holds[p]
+                self.log.info(
+                    f"{topic}[{p}]@{offset} decrypted after being held "
+                    f"{time.monotonic() - hold.since:.1f} s; reading {topic}[{p}] on"
+                )
+            # The decrypted bytes go to the ledger as they are (no copy in Python).
+            out.append((p, offset, got.value))
+        return out, held
+
+    def _held(self, partition: int, result: NotYetDecryptable, node: CryptoNode) -> None:
+        now = time.monotonic()
+        hold = self._holds.get(partition)
+        if hold is None or hold.offset != result.offset:
+            self._holds[partition] = _Hold(result.offset, now, now + node.wait_budget(result.parts))
+            what = (
+                "it is held, and no key can ever open it: restart with "
+                "--treat_undecryptable_as_plaintext if it is a plaintext chunk"
+                if not result.possibly_decryptable
+                else "it is held while its key is requested"
+            )
+            log = self.log.info if result.possibly_decryptable else self.log.error
+            log(
+                f"{result}. Waiting: {what}; nothing at or past offset {result.offset} of "
+                f"partition {partition} is committed until it decrypts"
+            )
+            return
+        if now < hold.warn_at:
+            return
+        # Waited out upstream's budget: from now on the shorter one applies, as there.
+        node.waited_out(result.parts)
+        hold.warn_at = now + node.wait_budget(result.parts)
+        self.log.warning(
+            f"{result}. Still held after {now - hold.since:.0f} s (past "
+            "--max_initial_wait_per_decrypt / --max_wait_per_decrypt): it is never skipped; "
+            f"nothing at or past offset {result.offset} of partition {partition} is committed "
+            "until it decrypts, so keep a node that holds its key running"
+        )
+
+    def holds(self) -> list[tuple[int, int, float]]:
+        """``(partition, offset, seconds held)`` of each message held undecryptable."""
+        now = time.monotonic()
+        return [(p, h.offset, now - h.since) for p, h in sorted(self._holds.items())]
 
     def _seek(self, consumer: Any, partition: int, offset: int) -> None:
         try:
@@ -311,6 +434,12 @@ class ConsumerLoop:
             consumer.poll(0.2)
         self.commit(consumer)
         self._wait_for_commits(consumer, FINAL_COMMIT_TIMEOUT)
+        for p, offset, seconds in self.holds():
+            self.log.warning(
+                f"{self.o.topic}[{p}]@{offset} was still held, not decryptable, after "
+                f"{seconds:.0f} s: it and what follows it in partition {p} stay uncommitted "
+                "and are read again by the next run"
+            )
 
     # -- rebalancing ------------------------------------------------------------------
 
@@ -345,6 +474,8 @@ class ConsumerLoop:
                 )
             self.acked[tp.partition] = (max(tp.offset, 0), tp.metadata or "")
             self.owned.add(tp.partition)
+            # Read from the commit again: what was held is met again there.
+            self._holds.pop(tp.partition, None)
         others = [tp for tp in partitions if tp.topic != topic]
         try:
             if self.incremental:
@@ -403,6 +534,7 @@ class ConsumerLoop:
             self.inflight.pop(p, None)
             self._rest_until.pop(p, None)
             self.log_end.pop(p, None)
+            self._holds.pop(p, None)
         if not self.stop.is_set():
             self.log.info(
                 f"Partitions {sorted(revoked)} of {self.o.topic} were reassigned; their next "

@@ -14,13 +14,13 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, TopicCollection
 from confluent_kafka.admin import AdminClient
 
 from ..config import TransferConfig
-from ..errors import TransferError
+from ..errors import ConfigError, TransferError
 from ..journal import TransferJournal
 from ..kafka import client_log_settings, redact
 from ..logs import get_logger
@@ -33,6 +33,9 @@ from .loop import ConsumerLoop, consumer_settings
 from .options import ProcessorOptions, Stats
 from .stalls import StallMonitor
 from .uploads import Uploader
+
+if TYPE_CHECKING:
+    from ..crypto import CryptoNode
 
 
 class S3TransferStreamProcessor:
@@ -88,6 +91,39 @@ class S3TransferStreamProcessor:
         self._threads: list[threading.Thread] = []
         self._thread_errors: list[BaseException] = []
         self._kafka_settings: dict[str, Any] = {}
+        #: The one KafkaCrypto node of the process (None: the topic is plaintext),
+        #: shared by the consumer threads: KafkaCrypto's key-exchange clients cannot
+        #: be closed for good, so one per thread or per restart would leak them.
+        self.crypto: CryptoNode | None = self._crypto_node()
+
+    def _crypto_node(self) -> CryptoNode | None:
+        settings = self.config.kafkacrypto_settings()
+        if settings is None:
+            return None
+        from ..crypto import CryptoError, CryptoNode
+
+        try:
+            # The loop holds and retries a message whose key is missing, so KafkaCrypto
+            # must not wait for it on the consumer thread.
+            return CryptoNode(
+                settings,
+                self.config.broker,
+                options=self.options.decrypt,
+                block_on_new_key=False,
+            )
+        except CryptoError as err:
+            raise ConfigError(f"{self.config.path}: {err}") from None
+        except BlockingIOError:
+            # KafkaCrypto locks the node's config file for as long as the node runs.
+            raise ConfigError(
+                f"{self.config.path}: KafkaCrypto node {settings.node_config} is in use by "
+                "another process (it locks its config file while it runs); give each "
+                "process its own node"
+            ) from None
+        except OSError as err:
+            raise ConfigError(
+                f"{self.config.path}: cannot open KafkaCrypto node {settings.node_config}: {err}"
+            ) from None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -97,7 +133,7 @@ class S3TransferStreamProcessor:
         self.log.info(
             f"Will process files from messages in the {o.topic} topic using {o.n_threads} thread(s)"
         )
-        for w in self.config.warnings():
+        for w in self.config.warnings(decrypting=self.crypto is not None):
             self.log.warning(w)
         self.registry.start()
         topic_id = self._topic_id()
@@ -127,6 +163,7 @@ class S3TransferStreamProcessor:
                 stop=self.stop,
                 consumer_factory=self.consumer_factory,
                 metrics=self.metrics or NO_METRICS,
+                crypto=self.crypto,
             )
             self.loops.append(loop)
             t = threading.Thread(target=self._run_guarded, args=(loop,), name=f"consumer-{i}")
@@ -186,6 +223,16 @@ class S3TransferStreamProcessor:
             log=self.log,
         )
 
+    def _log_holds(self) -> None:
+        if self.crypto is None:
+            return
+        topic = self.options.topic
+        held = [(p, o, t) for loop in self.loops for p, o, t in loop.holds()]
+        self.log.info(
+            f"Held until decryptable ({len(held)}): "
+            + (", ".join(f"{topic}[{p}]@{o} for {t:.0f} s" for p, o, t in held) or "none")
+        )
+
     def request_stop(self) -> None:
         self.stop.set()
 
@@ -196,6 +243,9 @@ class S3TransferStreamProcessor:
         for t in self._threads:
             t.join(self.options.shutdown_grace + 60)
         self.uploader.stop(grace=0)
+        if self.crypto is not None:
+            # Only now: a consumer thread may still be decrypting until it is joined.
+            self.crypto.close()
         self.registry.close()
         self.journal.close()
         self.open_uploads.close()
@@ -284,6 +334,7 @@ class S3TransferStreamProcessor:
             shown = "; ".join(f"{n} ({why})" for n, why in list(files.items())[:20])
             more = f"; ... and {len(files) - 20} more" if len(files) > 20 else ""
             self.log.info(f"{title} ({len(files)}): {shown or 'none'}{more}")
+        self._log_holds()
         if s.recent:
             self.log.info(f"Last {min(len(s.recent), 10)} file(s) transferred:")
         for p in s.recent[-10:]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ..crypto import DecryptOptions
     from ..s3 import Validate
 
 MiB = 1 << 20
@@ -45,6 +46,11 @@ class ProcessorOptions:
     #: Open multipart uploads under the topic's prefix older than this are
     #: aborted at start-up (uploads of members that died and never came back).
     stale_upload_seconds: float = 24 * 3600.0
+    #: How long a KafkaCrypto-encrypted message may wait for its key before each
+    #: warning, and whether non-KafkaCrypto values pass as plaintext; used only with a
+    #: ``[kafkacrypto]`` section (None: upstream's defaults). Typed lazily: building it
+    #: imports KafkaCrypto's wrapper, which a plaintext run never loads.
+    decrypt: DecryptOptions | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,8 @@ class Stats:
     messages_processed: int = 0
     messages_rejected: int = 0
     messages_deferred: int = 0
+    #: Times a message was held back because it could not be decrypted (yet).
+    messages_held: int = 0
     files_transferred: int = 0
     files_failed: int = 0
     files_abandoned: int = 0
