@@ -682,3 +682,252 @@ def test_a_message_whose_key_comes_late_is_held_at_its_offset_then_completes(
             )
         except Exception:  # cleanup only
             pass
+
+
+# --------------------------------------------------------------------- the hold, as a unit
+
+
+@dataclass
+class FakeMessage:
+    p: int
+    o: int
+    v: bytes | None
+
+    def partition(self) -> int:
+        return self.p
+
+    def offset(self) -> int:
+        return self.o
+
+    def value(self) -> bytes | None:
+        return self.v
+
+    def error(self) -> None:
+        return None
+
+    def __len__(self) -> int:
+        return len(self.v or b"")
+
+
+class FakeNode:
+    """Decrypts every value by dropping a b"enc:" prefix, except at offsets whose key
+    has not come yet."""
+
+    def __init__(self) -> None:
+        self.missing: set[tuple[int, int]] = set()
+        self.calls: list[tuple[int, int]] = []
+        self.waited_out_parts: list[Any] = []
+
+    def decrypt(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes,
+        *,
+        max_wait: float | None = None,
+    ) -> Decrypted | NotYetDecryptable:
+        assert max_wait == 0.0, "the loop must not wait inside decrypt"
+        self.calls.append((partition, offset))
+        if (partition, offset) in self.missing:
+            return NotYetDecryptable(
+                topic, partition, offset, ("value",), True, 0.0, "no key yet (test)"
+            )
+        return Decrypted(topic, partition, offset, None, value.removeprefix(b"enc:"))
+
+    def wait_budget(self, parts: Any) -> float:
+        return 60.0
+
+    def waited_out(self, parts: Any) -> None:
+        self.waited_out_parts.append(parts)
+
+
+class SeekingConsumer:
+    def __init__(self) -> None:
+        self.seeks: list[tuple[int, int]] = []
+
+    def seek(self, tp: TopicPartition) -> None:
+        self.seeks.append((tp.partition, tp.offset))
+
+
+class NoUploads:
+    def handle(self, events: Any) -> None:
+        pass
+
+
+def test_the_loop_holds_the_first_undecryptable_message_and_never_commits_past_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import threading
+
+    from s3transfer_stream.processor import ProcessorOptions
+    from s3transfer_stream.processor.ledger import Ledger
+    from s3transfer_stream.processor.loop import ConsumerLoop
+    from s3transfer_stream.processor.options import Stats
+
+    log = logging.getLogger("test_crypto.hold")
+    ledger = Ledger(5 << 20, 64 << 20)
+    node = FakeNode()
+    stats = Stats()
+    loop = ConsumerLoop(
+        0,
+        options=ProcessorOptions(bucket="b", topic="t", group_id="g", output_dir=tmp_path),
+        settings={},
+        incremental=False,
+        ledger=ledger,
+        uploader=NoUploads(),  # type: ignore[arg-type]
+        stats=stats,
+        log=log,
+        stop=threading.Event(),
+        crypto=node,  # type: ignore[arg-type]
+    )
+    loop.owned = {0, 1}
+    for p in (0, 1):
+        ledger.assigned(p, 0, None)
+    consumer = SeekingConsumer()
+
+    def batch(*spans: tuple[int, range]) -> list[Any]:
+        # Values the ledger rejects as junk: each counts as read, so the commit
+        # position is simply the next offset to read.
+        return [FakeMessage(p, o, b"enc:junk") for p, offsets in spans for o in offsets]
+
+    def committable() -> dict[int, int]:
+        return {p: o for p, o, _ in ledger.commit_offsets([0, 1])}
+
+    node.missing = {(0, 2)}
+    with caplog.at_level(logging.INFO, logger=log.name):
+        loop._handle_batch(consumer, batch((0, range(5)), (1, range(3))))
+    # Partition 0 stops at the held message; nothing after it was even tried.
+    assert (0, 3) not in node.calls and (0, 4) not in node.calls
+    assert consumer.seeks == [(0, 2)]
+    assert committable() == {0: 2, 1: 3}
+    assert 0 in loop._rest_until and 1 not in loop._rest_until
+    assert [m for m in caplog.messages if "partition 0 offset 2 not decryptable" in m], (
+        caplog.messages
+    )
+    assert stats.messages_held == 1
+
+    # Read ahead before the seek took effect: dropped without being tried.
+    node.calls.clear()
+    loop._handle_batch(consumer, batch((0, range(3, 5))))
+    assert node.calls == [] and consumer.seeks[-1] == (0, 2)
+    assert committable() == {0: 2, 1: 3}
+
+    # Still missing on the retry: held again, logged once only.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=log.name):
+        loop._handle_batch(consumer, batch((0, range(2, 5))))
+    assert committable() == {0: 2, 1: 3}
+    assert not [m for m in caplog.messages if "not decryptable" in m]
+    assert loop.holds()[0][:2] == (0, 2)
+
+    # Its wait budget passed: one warning, and the shorter budget from now on.
+    loop._holds[0].warn_at = 0.0
+    with caplog.at_level(logging.INFO, logger=log.name):
+        loop._handle_batch(consumer, batch((0, range(2, 5))))
+    warned = [r for r in caplog.records if "Still held after" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelno == logging.WARNING
+    assert "offset 2" in warned[0].getMessage() and "never skipped" in warned[0].getMessage()
+    assert node.waited_out_parts == [("value",)]
+    assert committable() == {0: 2, 1: 3}
+
+    # The key came: the same offsets go on, and the hold is gone.
+    node.missing.clear()
+    with caplog.at_level(logging.INFO, logger=log.name):
+        loop._handle_batch(consumer, batch((0, range(2, 5))))
+    assert committable() == {0: 5, 1: 3}
+    assert loop.holds() == []
+    assert any("t[0]@2 decrypted after being held" in m for m in caplog.messages)
+
+    # A revoked partition forgets its hold: its next owner starts from the commit.
+    node.missing = {(1, 3)}
+    loop._handle_batch(consumer, batch((1, range(3, 4))))
+    assert loop.holds()[0][:2] == (1, 3)
+    loop._holds.pop(1)  # what _release does, without an uploader to tell
+    assert loop.holds() == []
+
+
+def test_a_plaintext_run_hands_the_batch_to_the_ledger_as_it_is(tmp_path: Path) -> None:
+    import logging
+    import threading
+
+    from s3transfer_stream.processor import ProcessorOptions
+    from s3transfer_stream.processor.ledger import Ledger
+    from s3transfer_stream.processor.loop import ConsumerLoop
+    from s3transfer_stream.processor.options import Stats
+
+    fed: list[Any] = []
+
+    class SpyLedger(Ledger):
+        def feed(self, messages: Any, reader: int = 0) -> Any:
+            fed.append(messages)
+            return super().feed(messages, reader)
+
+    loop = ConsumerLoop(
+        0,
+        options=ProcessorOptions(bucket="b", topic="t", group_id="g", output_dir=tmp_path),
+        settings={},
+        incremental=False,
+        ledger=SpyLedger(5 << 20, 64 << 20),
+        uploader=NoUploads(),  # type: ignore[arg-type]
+        stats=Stats(),
+        log=logging.getLogger("test_crypto.plain"),
+        stop=threading.Event(),
+    )
+    msgs: list[Any] = [FakeMessage(0, o, b"\x01not decrypted") for o in range(3)]
+    loop._handle_batch(SeekingConsumer(), msgs)
+    assert fed == [msgs] and fed[0] is msgs
+
+
+@pytest.mark.integration
+def test_plaintext_chunks_in_an_encrypted_run_are_held_unless_treated_as_plaintext(
+    encrypted: Encrypted,
+    s3_client: Any,
+    new_bucket: Any,
+    new_topic: Any,
+    kafka_bootstrap: str,
+    tmp_path: Path,
+) -> None:
+    topic = new_topic(1)
+    src = tmp_path / "src"
+    src.mkdir()
+    data = random.Random(5).randbytes(3 * CHUNK + 1)
+    (src / "plain.bin").write_bytes(data)
+    n = produce(
+        kafka_bootstrap, topic, [(k, v, 0) for k, v in encoded_chunks(src, "plain.bin", CHUNK)]
+    )
+    bucket = new_bucket()
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    cfg = processor_config(encrypted.nodes, node_named(encrypted, "consumer"))
+    waits = ("--max_initial_wait_per_decrypt", "1", "--max_wait_per_decrypt", "1")
+    run = ProcessorRun(
+        bucket, topic, group, tmp_path / "out", "--config", str(cfg), *waits, tag="held"
+    )
+    try:
+        run.wait_for(lambda: bool(still_held(run.stderr(), topic, 0, 0)), 60, "a held warning")
+        rc = run.quit(60)
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+    log = run.stderr()
+    assert rc == 0, tail(log)
+    assert "ERROR: message at topic" in log and "no key can ever open it" in log
+    assert "--treat_undecryptable_as_plaintext" in log
+    assert committed_offsets(kafka_bootstrap, topic, group) == {}
+    assert list_objects(s3_client, bucket) == {}
+
+    passing = ProcessorRun(
+        bucket,
+        topic,
+        group,
+        tmp_path / "out",
+        *("--config", str(cfg), "--treat_undecryptable_as_plaintext"),
+        tag="passing",
+    )
+    log = run_to_completion(
+        passing, s3_client, kafka_bootstrap, bucket, topic, group, {f"{topic}/plain.bin": data}
+    )
+    assert committed_offsets(kafka_bootstrap, topic, group) == {0: n}
+    assert "not decryptable" not in log
