@@ -576,7 +576,11 @@ def test_partition_paused_at_a_rebalance_is_read_again(
     reassigned); S3 comes back. The partition the first process got back must be read
     again: every file, old and new, lands and commits reach the log end."""
     rng = random.Random(28)
-    first = small_files(rng, "paused", 8)
+    # 8 files of 2 chunks, 4-8 MiB in all: over the upload bound of one 5 MiB part
+    # (--max_parts_in_flight 1 --part_size 5), counted in bytes.
+    first = {
+        f"paused/f{i:03d}.dat": rng.randbytes(CHUNK + rng.randrange(1, CHUNK)) for i in range(8)
+    }
     later = small_files(rng, "later", 4)
     src = tmp_path / "src"
     write_tree(src, {**first, **later})
@@ -596,14 +600,18 @@ def test_partition_paused_at_a_rebalance_is_read_again(
             "1",
             "--shutdown_grace_seconds",
             "3",
+            "--max_parts_in_flight",
+            "1",
+            "--part_size",
+            "5",
             env=env,
             tag="a",
         )
         wait_assigned(a, 2)
         proxy.stall()
         produce_round_robin(kafka_bootstrap, topic, src, first, 2)
-        # 4 uploads hang: at the bound (--max_parts_in_flight 4) consumption pauses.
-        wait_check(a, r"\b[4-8] messages read", 30, "the upload bound to be reached")
+        # The uploads hang: at the bound consumption pauses.
+        wait_check(a, r"\b([6-9]|1[0-6]) messages read", 30, "the upload bound to be reached")
         time.sleep(1)
         b = ProcessorRun(bucket, topic, group, tmp_path / "b", "--n_threads", "1", tag="b")
         wait_assigned(b)

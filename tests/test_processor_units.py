@@ -462,6 +462,57 @@ def test_an_abort_that_fails_is_logged_and_the_file_still_recorded_as_failed(
     assert [e.outcome for e in TransferJournal(journal.path.parent, "t", "g").entries] == ["failed"]
 
 
+def test_the_upload_bound_counts_bytes_so_many_small_files_go_side_by_side(
+    tmp_path: Path,
+) -> None:
+    """The backlog bound is max_parts_in_flight parts' worth of bytes: ten small
+    files waiting for S3 leave room (a bound in uploads would stop at four), and
+    files adding up to four parts' worth fill it."""
+    options = ProcessorOptions(
+        bucket="b", topic="t", group_id="g", output_dir=tmp_path, part_size=5 << 20
+    )
+    store = FakeStore()
+    gate = threading.Event()
+    real_put = store.put
+
+    def put(key: str, data: Any, **kw: Any) -> dict[str, str]:
+        gate.wait(10)
+        return real_put(key, data, **kw)
+
+    store.put = put  # type: ignore[method-assign]
+    ledger = Ledger(5 << 20, 64 << 20)
+    journal = TransferJournal(tmp_path, "t", "g")
+    registry = StreamRegistry(tmp_path, "t", "g")
+    up = Uploader(
+        options=options,
+        store=store,  # type: ignore[arg-type]
+        ledger=ledger,
+        journal=journal,
+        registry=registry,
+        stats=Stats(),
+        log=LOG,
+    )
+    try:
+        ledger.assigned(0, 0, None)
+        msgs = [chunks(f"s{i}.dat", bytes([i]) * 1000, 1 << 20)[0] for i in range(10)]
+        events, _, _ = ledger.feed([(0, i, m) for i, m in enumerate(msgs)])
+        up.handle(events)
+        assert up.can_accept()
+        big = [chunks(f"b{i}.dat", bytes([i]) * (5 << 20), 1 << 20) for i in range(4)]
+        flat = [m for f in big for m in f]
+        events, _, _ = ledger.feed([(0, 10 + i, m) for i, m in enumerate(flat)])
+        up.handle(events)
+        assert not up.can_accept()
+        gate.set()
+        wait_until(lambda: len(store.objects) == 14)
+        wait_until(up.can_accept)
+    finally:
+        gate.set()
+        up.stop(grace=5)
+        registry.close()
+        journal.close()
+
+
 def test_download_regex_selects_files_by_their_relative_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

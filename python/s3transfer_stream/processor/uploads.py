@@ -59,6 +59,10 @@ T = TypeVar("T")
 FIRST_DELAY = 0.5
 MAX_DELAY = 20.0
 
+#: What one queued upload counts against the backlog at least, so that a burst of
+#: empty or tiny files is bounded in number too.
+MIN_BACKLOG_COST = 64 << 10
+
 #: How long an abort waits for the file's parts already on the wire to end.
 PARTS_ON_THE_WIRE_WAIT = 120.0
 
@@ -96,7 +100,9 @@ class Uploader(RecordsOutcomes):
         self._uploads: dict[int, FileUpload] = {}
         self._lock = threading.Lock()
         self._last_of_key: dict[str, FileUpload] = {}
+        #: Bytes handed over for upload and not yet sent (parts and whole small files).
         self._backlog = 0
+        self._backlog_limit = options.max_parts_in_flight * options.part_size
         #: Notified whenever the backlog shrinks (the consumer loops wait on it).
         self._room = threading.Condition(self._lock)
         self._part_pool = ThreadPoolExecutor(
@@ -114,17 +120,27 @@ class Uploader(RecordsOutcomes):
     # -- what the consumer loops ask --------------------------------------------
 
     def can_accept(self) -> bool:
-        """False while the bytes handed over for upload are at the memory bound."""
-        return self._backlog < self.o.max_parts_in_flight
+        """False while the bytes handed over for upload are at the memory bound
+        (``max_parts_in_flight`` parts' worth). Counted in bytes, not uploads: a
+        count would let only that many small files be sent at once, far fewer
+        than the finish workers could PUT side by side."""
+        return self._backlog < self._backlog_limit
 
     def wait_for_room(self, timeout: float) -> bool:
         """Waits up to ``timeout`` s until the backlog is below its bound."""
         with self._room:
             return self._room.wait_for(self.can_accept, timeout)
 
-    def _shrink_backlog(self) -> None:
+    def _grow_backlog(self, size: int) -> int:
+        """Counts ``size`` bytes in; returns what to count out when they are sent."""
+        cost = max(size, MIN_BACKLOG_COST)
         with self._lock:
-            self._backlog -= 1
+            self._backlog += cost
+        return cost
+
+    def _shrink_backlog(self, cost: int) -> None:
+        with self._lock:
+            self._backlog -= cost
             self._room.notify_all()
 
     def n_waiting(self) -> int:
@@ -194,14 +210,13 @@ class Uploader(RecordsOutcomes):
         if fu.ignored:
             return
         fu.state = "uploading"
-        with self._lock:
-            self._backlog += 1
+        cost = self._grow_backlog(len(ev.data))
         try:
             fut = self._part_pool.submit(
-                self._upload_part, fu, ev.part_number, ev.data, ev.crc64nvme
+                self._upload_part, fu, ev.part_number, ev.data, ev.crc64nvme, cost
             )
         except BaseException:
-            self._shrink_backlog()
+            self._shrink_backlog(cost)
             raise
         # Not fu.lock: a part worker holds it while starting the upload, which can
         # hang on S3; the consumer thread must never wait for S3.
@@ -222,10 +237,9 @@ class Uploader(RecordsOutcomes):
             # Completion order is the order the key is written in.
             fu.after = self._last_of_key.get(fu.key)
             self._last_of_key[fu.key] = fu
-            if ev.data is not None:
-                self._backlog += 1
         if ev.data is not None:
-            self._finish_pool.submit(self._finish_single, fu, ev.data, ev.size, ev.crc64nvme)
+            cost = self._grow_backlog(ev.size)
+            self._finish_pool.submit(self._finish_single, fu, ev.data, ev.size, ev.crc64nvme, cost)
         else:
             self._finish_pool.submit(self._finish_multipart, fu, ev.size, ev.crc64nvme, ev.parts)
 
@@ -291,7 +305,7 @@ class Uploader(RecordsOutcomes):
             return result
 
     def _upload_part(
-        self, fu: FileUpload, number: int, data: Any, crc: int
+        self, fu: FileUpload, number: int, data: Any, crc: int, cost: int
     ) -> CompletedPartTypeDef | None:
         try:
             with fu.lock:
@@ -331,7 +345,7 @@ class Uploader(RecordsOutcomes):
             return None
         finally:
             data = None  # the part's memory goes as soon as it is sent
-            self._shrink_backlog()
+            self._shrink_backlog(cost)
 
     def _wait_turn(self, fu: FileUpload) -> None:
         """Waits until the instance of the same key that completed before this one
@@ -348,7 +362,7 @@ class Uploader(RecordsOutcomes):
             if self._last_of_key.get(fu.key) is fu:
                 del self._last_of_key[fu.key]
 
-    def _finish_single(self, fu: FileUpload, data: Any, size: int, crc: int) -> None:
+    def _finish_single(self, fu: FileUpload, data: Any, size: int, crc: int, cost: int) -> None:
         try:
             try:
                 self._wait_turn(fu)
@@ -362,7 +376,7 @@ class Uploader(RecordsOutcomes):
                 )
             finally:
                 data = None
-                self._shrink_backlog()
+                self._shrink_backlog(cost)
             if written is None:
                 self._newer_in_bucket(fu)
                 return
