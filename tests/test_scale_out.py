@@ -14,13 +14,17 @@ import pytest
 from helpers import (
     CHUNK,
     ProcessorRun,
+    committed_offsets,
     encoded_chunks,
+    filled_log_ends,
+    journal_entries,
     list_objects,
     produce,
     produce_tree,
     read_object,
     write_tree,
 )
+from s3transfer_stream.kafka import file_partition
 from s3transfer_stream.registry import InProgressRow, ProcessedRow, read_table
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -61,6 +65,17 @@ def transferred(runs: list[ProcessorRun]) -> list[str]:
     return [m.group(1) for r in runs for m in TRANSFER.finditer(r.stderr())]
 
 
+def journaled(root: Path, topic: str, group: str, n: int) -> list[list[tuple[str, str]]]:
+    """(rel_path, outcome) of each member's journal entries, member by member."""
+    return [
+        [
+            (e.rel_path, e.outcome)
+            for e in journal_entries(root / f"member{i}" / "LOGS", topic, group)
+        ]
+        for i in range(n)
+    ]
+
+
 def processed_rows(root: Path, topic: str, group: str, n: int) -> list[str]:
     rows: list[str] = []
     for i in range(n):
@@ -92,6 +107,17 @@ def test_three_processes_share_a_topic_and_transfer_each_file_once(
     assert sorted(done) == sorted(files), "each file is transferred exactly once by the group"
     assert sum(1 for r in runs if TRANSFER.search(r.stderr())) >= 2, "the work was shared"
     assert sorted(processed_rows(tmp_path, topic, group, 3)) == sorted(files)
+    # What the transfer lines say, the members' journals say: each file once, by the
+    # member that logged it; and the group committed everything.
+    journals = journaled(tmp_path, topic, group, 3)
+    assert sorted(e for j in journals for e in j) == sorted((rel, "transferred") for rel in files)
+    for r, j in zip(runs, journals, strict=True):
+        assert sorted(m.group(1) for m in TRANSFER.finditer(r.stderr())) == sorted(
+            rel for rel, _ in j
+        )
+    assert committed_offsets(kafka_bootstrap, topic, group) == filled_log_ends(
+        kafka_bootstrap, topic
+    )
     for rel, data in files.items():
         assert (
             hashlib.sha256(read_object(s3_client, bucket, f"{topic}/{rel}")).digest()
@@ -113,12 +139,30 @@ def test_survivors_finish_the_files_of_a_killed_member(
     produce_tree(kafka_bootstrap, topic, src, files, partitions=6)
     victim = runs[1]
     victim.wait_for(lambda: "Transferred " in victim.stderr(), 120, "the victim to be busy")
+    # Killed once it has committed past a file it transferred, so that the partition's
+    # next owner resumes at a committed offset (killed before, it would start from
+    # auto.offset.reset and say nothing of "resuming": the takeover check below raced).
+    first = TRANSFER.search(victim.stderr())
+    assert first is not None
+    partition = file_partition(first.group(1), 6)
+    victim.wait_for(
+        lambda: committed_offsets(kafka_bootstrap, topic, group).get(partition, 0) > 0,
+        60,
+        f"the victim's commit on partition {partition}",
+    )
     victim.proc.send_signal(signal.SIGKILL)
     assert victim.wait(30) == -signal.SIGKILL
     survivors = [runs[0], runs[2]]
 
     expected = {f"{topic}/{rel}": len(data) for rel, data in files.items()}
     survivors[0].wait_for(lambda: list_objects(s3_client, bucket) == expected, 300, "every object")
+    # The victim may have transferred all its files before it died; its partitions are
+    # taken over only once its session timed out (10 s), so wait for that before quitting.
+    survivors[0].wait_for(
+        lambda: any("resuming at offset" in r.stderr() for r in survivors),
+        60,
+        "a survivor to take over the victim's partitions",
+    )
     for r in survivors:
         assert r.quit() == 0
     for rel, data in files.items():
@@ -130,6 +174,29 @@ def test_survivors_finish_the_files_of_a_killed_member(
     assert taken_over >= 1
     done = transferred(runs)
     assert set(done) == set(files)
+    # The journals hold what the transfer lines say, member by member, and nothing was
+    # given up; the survivors committed the victim's partitions to their ends too.
+    journals = journaled(tmp_path, topic, group, 3)
+    for i in (0, 2):
+        assert sorted(m.group(1) for m in TRANSFER.finditer(runs[i].stderr())) == sorted(
+            rel for rel, _ in journals[i]
+        )
+    # The victim may have died between a journal entry and its transfer line.
+    assert {m.group(1) for m in TRANSFER.finditer(victim.stderr())} <= {
+        rel for rel, _ in journals[1]
+    }
+    assert {outcome for j in journals for _, outcome in j} == {"transferred"}
+    assert {rel for j in journals for rel, _ in j} == set(files)
+    # The survivors' registries list what they journaled (the victim's rows die with it:
+    # its next start would restore them from its journal).
+    for i in (0, 2):
+        path = tmp_path / f"member{i}" / "LOGS" / f"processed_from_{topic}_by_{group}.csv"
+        assert sorted(r.rel_filepath.as_posix() for r in read_table(ProcessedRow, path)) == sorted(
+            rel for rel, _ in journals[i]
+        )
+    assert committed_offsets(kafka_bootstrap, topic, group) == filled_log_ends(
+        kafka_bootstrap, topic
+    )
 
 
 def test_file_split_across_members_is_reported_and_lands_once_one_member_owns_it(
@@ -159,14 +226,26 @@ def test_file_split_across_members_is_reported_and_lands_once_one_member_owns_it
         )
         assert "another member of group" in r.stderr()
     for i in range(2):
-        rows = read_table(
-            InProgressRow,
-            tmp_path / f"member{i}" / "LOGS" / f"consuming_from_{topic}_by_{group}_in_progress.csv",
+        path = (
+            tmp_path / f"member{i}" / "LOGS" / f"consuming_from_{topic}_by_{group}_in_progress.csv"
         )
-        assert [(r.rel_filepath.as_posix(), r.status) for r in rows] == [
-            ("split/file.bin", "waiting_for_chunks")
-        ]
+
+        def rows(path: Path = path) -> list[tuple[str, str]]:
+            return [(r.rel_filepath.as_posix(), r.status) for r in read_table(InProgressRow, path)]
+
+        # The registry writes a changed table within its flush interval (5 s), so the
+        # row can trail the report: reading it once right after the report raced.
+        runs[i].wait_for(
+            lambda rows=rows: rows() == [("split/file.bin", "waiting_for_chunks")],
+            30,
+            f"member {i}'s waiting_for_chunks row",
+        )
+        assert rows() == [("split/file.bin", "waiting_for_chunks")]
     assert list_objects(s3_client, bucket) == {}
+    # Neither member can commit past the file's first chunk (offset 0 of each partition),
+    # nor has given it up.
+    assert committed_offsets(kafka_bootstrap, topic, group) == {}
+    assert journaled(tmp_path, topic, group, 2) == [[], []]
 
     assert runs[1].quit() == 0  # the other member now owns both partitions
     runs[0].wait_for(
@@ -178,3 +257,5 @@ def test_file_split_across_members_is_reported_and_lands_once_one_member_owns_it
         ProcessedRow, tmp_path / "member0" / "LOGS" / f"processed_from_{topic}_by_{group}.csv"
     )
     assert [r.rel_filepath.as_posix() for r in processed] == ["split/file.bin"]
+    assert journaled(tmp_path, topic, group, 2) == [[("split/file.bin", "transferred")], []]
+    assert committed_offsets(kafka_bootstrap, topic, group) == {0: 4, 1: 3}
