@@ -276,3 +276,30 @@ def filled_log_ends(bootstrap: str, topic: str) -> dict[int, int]:
     """:func:`log_ends` of the partitions holding messages: what
     :func:`committed_offsets` returns once a group has committed everything."""
     return {p: end for p, end in log_ends(bootstrap, topic).items() if end > 0}
+
+
+def committed_metadata(bootstrap: str, topic: str, group: str) -> dict[int, str]:
+    """The metadata of the group's committed offset of each partition of ``topic`` that
+    has one (``s3ts1:<topic id>:<runs>`` lists offsets done above the commit)."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import AdminClient
+    from s3transfer_stream.kafka import partition_count
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    n = partition_count(admin, topic, bootstrap=bootstrap)
+    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in range(n)])
+    result = admin.list_consumer_group_offsets([request])[group].result(timeout=30)
+    return {tp.partition: tp.metadata or "" for tp in result.topic_partitions if tp.offset >= 0}
+
+
+def done_above_commit(bootstrap: str, topic: str, group: str) -> dict[int, list[tuple[int, int]]]:
+    """The offset runs ``[lo, hi)`` each partition's commit metadata records as done
+    above the committed offset (decoded with the topic id the metadata names)."""
+    from s3transfer_stream.offsets import METADATA_PREFIX, OffsetRuns
+
+    offsets = committed_offsets(bootstrap, topic, group)
+    out: dict[int, list[tuple[int, int]]] = {}
+    for p, text in committed_metadata(bootstrap, topic, group).items():
+        topic_id = text[len(METADATA_PREFIX) :].split(":", 1)[0]
+        out[p] = OffsetRuns.decode(text, offsets[p], topic_id).runs()
+    return out

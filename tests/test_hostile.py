@@ -27,7 +27,10 @@ import pytest
 from helpers import (
     ProcessorRun,
     committed_offsets,
+    done_above_commit,
     encoded_chunks,
+    journal_entries,
+    journal_outcomes,
     list_objects,
     log_ends,
     producer,
@@ -481,7 +484,7 @@ def test_a_hostile_corpus_in_a_live_topic(
                 mine = [line for line in lines if "Failed to transfer" in line and name in line]
                 assert len(mine) == 1, (b.kind, mine)
     # The registry lists every file given up, under its exact name.
-    from s3transfer_stream.registry import InProgressRow, read_table
+    from s3transfer_stream.registry import InProgressRow, ProcessedRow, read_table
 
     rows = read_table(
         InProgressRow,
@@ -493,6 +496,32 @@ def test_a_hostile_corpus_in_a_live_topic(
             assert status.get(b.name) in ("failed", "mismatched_hash"), (b.kind, status)
         elif b.outcome == "abandoned":
             assert status.get(b.name) == "abandoned", (b.kind, status)
+    # What the error, "Giving up" and transfer lines report, the journal records: each
+    # file once, transferred or given up with its reason; a rejected message is no file.
+    journal = journal_entries(tmp_path / "out" / "LOGS", topic, group)
+    expected_outcomes = [(rel, "transferred") for rel in good]
+    for b in bad:
+        if b.outcome == "failed":
+            how = "mismatched_hash" if b.kind == "file_hash_mismatch" else "failed"
+            expected_outcomes.append((b.name, how))
+            assert status[b.name] == how, (b.kind, status)
+        elif b.outcome == "abandoned":
+            expected_outcomes.append((b.name, "abandoned"))
+        elif b.outcome != "rejected":
+            landed = b.outcome == "lands" or f"{topic}/{b.name}" in objects
+            expected_outcomes.append((b.name, "transferred" if landed else "failed"))
+    assert sorted((e.rel_path, e.outcome) for e in journal) == sorted(expected_outcomes)
+    reasons = {e.rel_path: e.reason for e in journal}
+    for b in bad:
+        if b.outcome == "failed":
+            assert b.needle in reasons[b.name], (b.kind, reasons[b.name])
+    # The registry's processed rows are the transfers.
+    processed = read_table(
+        ProcessedRow, tmp_path / "out" / "LOGS" / f"processed_from_{topic}_by_{group}.csv"
+    )
+    assert sorted(r.rel_filepath.as_posix() for r in processed) == sorted(
+        rel for rel, how in expected_outcomes if how == "transferred"
+    )
     # The count of skipped messages, in the metrics and in the closing summary.
     assert value(metrics, "s3ts_messages_rejected_total") == n_rejected
     assert f"{n_rejected} messages were skipped" in err
@@ -545,6 +574,11 @@ def test_a_bad_message_is_logged_once_across_a_restart(
     assert first.quit() == 0
     # The waiting file holds the watermark at its first chunk.
     assert committed_offsets(kafka_bootstrap, topic, group) == {0: where[0][1]}
+    # The skipped messages and ok.dat, above it, travel in the commit metadata as done.
+    assert where[0][1] == 0
+    assert done_above_commit(kafka_bootstrap, topic, group) == {0: [(1, len(plan))]}
+    logs = tmp_path / "out" / "LOGS"
+    assert journal_outcomes(logs, topic, group) == [("ok.dat", "transferred")]
 
     produce_all(kafka_bootstrap, topic, [("k", waiting[1], 0)])
     second = ProcessorRun(bucket, topic, group, tmp_path / "out", "--n_threads", "1", tag="2")
@@ -559,4 +593,10 @@ def test_a_bad_message_is_logged_once_across_a_restart(
     err = second.stderr()
     assert "Skipping message" not in err, err
     assert read_object(s3_client, bucket, f"{topic}/waiting.dat") == content
+    # Nothing above the old commit was read again: ok.dat was not transferred again.
+    assert [(e.rel_path, e.outcome) for e in journal_entries(logs, topic, group)] == [
+        ("ok.dat", "transferred"),
+        ("waiting.dat", "transferred"),
+    ]
+    assert committed_offsets(kafka_bootstrap, topic, group) == {0: len(plan) + 1}
     assert all(f"{topic}[0]@{o}:" in first.stderr() for o in bad_at)
