@@ -931,3 +931,27 @@ def test_plaintext_chunks_in_an_encrypted_run_are_held_unless_treated_as_plainte
     )
     assert committed_offsets(kafka_bootstrap, topic, group) == {0: n}
     assert "not decryptable" not in log
+
+
+def test_the_processor_stops_at_start_naming_a_missing_node(tmp_path: Path) -> None:
+    from s3transfer_stream.cli.common import EXIT_USAGE
+
+    cfg = tmp_path / "enc.config"
+    cfg.write_text(
+        "[broker]\nbootstrap.servers = 127.0.0.1:1\n[consumer]\ngroup.id = g\n"
+        "[s3]\naccess_key_id = a\nsecret_key_id = b\nendpoint_url = http://127.0.0.1:1\n"
+        "region = r\n[kafkacrypto]\nnode_id = nowhere\n"
+    )
+    res = subprocess.run(
+        [
+            *(sys.executable, "-m", "s3transfer_stream.cli.processor", "bkt"),
+            *("--config", str(cfg), "--output_dir", str(tmp_path / "out")),
+        ],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+    assert res.returncode == EXIT_USAGE, res.stderr
+    assert "node_id = 'nowhere'" in res.stderr and str(cfg) in res.stderr
+    assert "nowhere/nowhere.config" in res.stderr
