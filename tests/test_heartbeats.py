@@ -21,7 +21,18 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer
-from helpers import CHUNK, ProcessorRun, encoded_chunks, list_objects, produce_tree, write_tree
+from helpers import (
+    CHUNK,
+    ProcessorRun,
+    committed_offsets,
+    encoded_chunks,
+    filled_log_ends,
+    list_objects,
+    log_ends,
+    produce_tree,
+    read_object,
+    write_tree,
+)
 from s3transfer_stream.config import load_config
 from s3transfer_stream.errors import ConfigError
 from s3transfer_stream.heartbeats import (
@@ -32,6 +43,7 @@ from s3transfer_stream.heartbeats import (
     _split,
     side_settings,
 )
+from s3transfer_stream.registry import UploadedRow, read_table
 
 pytestmark = pytest.mark.integration
 
@@ -128,10 +140,11 @@ def test_processor_sends_heartbeats_and_logs(
     write_tree(src, files)
     n_msgs = produce_tree(kafka_bootstrap, topic, src, files, 2)
     n_bytes = sum(len(v) for rel in files for _, v in encoded_chunks(src, rel))
+    group = f"g-{uuid.uuid4().hex[:8]}"
     run = ProcessorRun(
         bucket,
         topic,
-        f"g-{uuid.uuid4().hex[:8]}",
+        group,
         tmp_path / "out",
         "--n_threads",
         "1",  # no rebalance between two threads: every message is read once
@@ -164,6 +177,16 @@ def test_processor_sends_heartbeats_and_logs(
     lines = check_logs(logs, key)
     assert any(line.startswith("Listening to the") for line in lines), lines
     assert any(f"and {len(files)} files were transferred" in line for line in lines), lines
+    # The log topic's transfer lines are the files in the bucket, and what the run read
+    # was committed.
+    assert sorted(line.split()[1] for line in lines if line.startswith("Transferred ")) == sorted(
+        files
+    )
+    for rel, data in files.items():
+        assert read_object(s3_client, bucket, f"{topic}/{rel}") == data
+    assert committed_offsets(kafka_bootstrap, topic, group) == filled_log_ends(
+        kafka_bootstrap, topic
+    )
     # The heartbeat line is said once, in the log and on stderr.
     assert run.stderr().count(f"Heartbeat messages will be sent to the {hb} topic") == 1
     assert "Could not send" not in run.stderr()
@@ -241,6 +264,12 @@ def test_data_file_upload_directory_sends_heartbeats_and_json_logs(
     uploaded = {r["file"] for r in records if r["message"].startswith("Uploaded ") and "file" in r}
     assert uploaded == set(files)
     assert all(r["program"] == "DataFileUploadDirectory" for r in records)
+    # What "Uploaded" reports: the registry's completed rows and the chunks in the topic.
+    rows = read_table(UploadedRow, registry)
+    assert sorted((r.rel_filepath.as_posix(), r.n_chunks) for r in rows) == sorted(
+        (rel, max(1, -(-len(d) // 16384))) for rel, d in files.items()
+    )
+    assert sum(log_ends(kafka_bootstrap, topic).values()) == n_chunks
 
 
 def test_upload_data_file_sends_heartbeats_and_json_logs(
@@ -288,6 +317,8 @@ def test_upload_data_file_sends_heartbeats_and_json_logs(
     assert sums == {"n_messages_produced": 6, "n_bytes_produced": len(data), "n_files_produced": 1}
     lines = check_logs(read_topic(kafka_bootstrap, lg), "pc1_log")
     assert any(line.startswith(f"Sent {name}") for line in lines), lines
+    # Sent indeed: the six chunks are in the topic's one partition.
+    assert log_ends(kafka_bootstrap, topic) == {0: 6}
 
     for text in (done.stderr, (logs_dir / "UploadDataFile.log").read_text(encoding="utf-8")):
         records = [json.loads(line) for line in text.splitlines()]
@@ -314,10 +345,11 @@ def test_processor_json_logs(
     write_tree(src, files)
     produce_tree(kafka_bootstrap, topic, src, files, 1)
     out = tmp_path / "out"
+    group = f"g-{uuid.uuid4().hex[:8]}"
     run = ProcessorRun(
         bucket,
         topic,
-        f"g-{uuid.uuid4().hex[:8]}",
+        group,
         out,
         "--log_format",
         "json",
@@ -336,6 +368,9 @@ def test_processor_json_logs(
         assert all(r["program"] == "S3TransferStreamProcessor" for r in records)
         assert any(r["message"].startswith("Listening to the") for r in records)
         assert any("files were transferred" in r["message"] for r in records)
+    for rel, data in files.items():
+        assert read_object(s3_client, bucket, f"{topic}/{rel}") == data
+    assert committed_offsets(kafka_bootstrap, topic, group) == {0: len(files)}
 
 
 def test_missing_heartbeat_topic_does_not_stop_the_processor(
@@ -355,15 +390,17 @@ def test_missing_heartbeat_topic_does_not_stop_the_processor(
     files = {f"f{i}.dat": os.urandom(700) for i in range(3)}
     write_tree(src, files)
     produce_tree(kafka_bootstrap, topic, src, files, 1)
+    missing = f"no-such-topic-{uuid.uuid4().hex[:8]}"
+    group = f"g-{uuid.uuid4().hex[:8]}"
     run = ProcessorRun(
         bucket,
         topic,
-        f"g-{uuid.uuid4().hex[:8]}",
+        group,
         tmp_path / "out",
         "--config",
         str(config),
         "--heartbeat_topic_name",
-        f"no-such-topic-{uuid.uuid4().hex[:8]}",
+        missing,
         "--heartbeat_interval_secs",
         "0.5",
     )
@@ -372,6 +409,15 @@ def test_missing_heartbeat_topic_does_not_stop_the_processor(
     time.sleep(2)  # more heartbeats fail: still one warning
     assert run.quit() == 0, run.stderr()
     assert run.stderr().count("Could not send heartbeat messages") == 1, run.stderr()
+    # No heartbeat went anywhere (the topic was not created by sending to it), and the
+    # files went all the same.
+    from confluent_kafka.admin import AdminClient
+
+    topics = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=30).topics
+    assert missing not in topics
+    for rel, data in files.items():
+        assert read_object(s3_client, bucket, f"{topic}/{rel}") == data
+    assert committed_offsets(kafka_bootstrap, topic, group) == {0: len(files)}
 
 
 def test_unreachable_broker_does_not_block(tmp_path: Path) -> None:
