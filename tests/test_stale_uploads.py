@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from s3transfer_stream import _core
 from s3transfer_stream.s3 import ObjectStore, b64_crc64
 from s3transfer_stream.stale_uploads import (
@@ -172,6 +173,15 @@ def _open_ids(client: Any, bucket: str) -> set[str]:
     return ids
 
 
+def _aborted(client: Any, bucket: str, key: str, upload_id: str) -> bool:
+    """True if S3 no longer knows the upload (aborted: a part is refused)."""
+    try:
+        client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=b"x")
+    except ClientError as err:
+        return bool(err.response["Error"]["Code"] == "NoSuchUpload")
+    return False
+
+
 def _part(client: Any, bucket: str, key: str, upload_id: str, data: bytes) -> dict[str, Any]:
     r = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=data)
     return {"PartNumber": 1, "ETag": r["ETag"]}
@@ -218,7 +228,10 @@ def test_only_our_own_left_open_uploads_are_aborted(
     assert _open_ids(c, bucket) == {live_same_key, live_other, other_topic}
     for key, uid in zip(["t/x.dat", "t/sub/y.dat"], ours, strict=True):
         assert f"Aborted the multipart upload {uid} of {bucket}/{key}: left open" in caplog.text
+        assert _aborted(c, bucket, key, uid), uid
     assert caplog.text.count("Aborted the multipart upload") == 2
+    # The completed one was not touched: its object is there.
+    assert c.get_object(Bucket=bucket, Key="t/done.dat")["Body"].read() == b"done"
     # Settled, including the completed one: nothing is left for the next run.
     assert rec.left_open() == []
     rec.close()
@@ -255,6 +268,7 @@ def test_old_idle_uploads_of_members_that_are_gone_are_aborted(
     for a in got:
         assert "its member is gone" in a.why
         assert f"Aborted the multipart upload {a.upload_id} of {bucket}/{a.key}" in caplog.text
+        assert _aborted(c, bucket, a.key, a.upload_id), a
     assert _open_ids(c, bucket) == {old_busy, recent, other_topic}
     c.complete_multipart_upload(
         Bucket=bucket, Key="t/busy.dat", UploadId=old_busy, MultipartUpload={"Parts": busy_parts}
@@ -318,6 +332,7 @@ def test_a_listing_error_is_a_warning_naming_the_bucket(
             log=LOG,
         )
     assert got == [] and not got.complete
+    assert got.seen == set() and got.failed == set()
     assert "'no-such-bucket-s3ts'" in caplog.text
     assert services["SECRET_KEY_ID"] not in caplog.text
 
