@@ -12,7 +12,6 @@ import pytest
 from s3transfer_stream.cli import processor as processor_cli
 from s3transfer_stream.cli import upload_directory as upload_directory_cli
 from s3transfer_stream.console import Console
-from s3transfer_stream.errors import ConfigError
 
 
 @pytest.mark.parametrize("mode", ["memory", "disk", "both"])
@@ -23,10 +22,15 @@ def test_processor_accepts_every_mode_and_streams_anyway(mode: str) -> None:
     assert options.bucket == "bucket"
 
 
-def test_processor_refuses_treat_undecryptable_as_plaintext() -> None:
-    args = processor_cli.build_parser().parse_args(["b", "--treat_undecryptable_as_plaintext"])
-    with pytest.raises(ConfigError, match="not supported"):
-        processor_cli.options_from_args(args)
+def test_processor_accepts_treat_undecryptable_as_plaintext_into_the_decrypt_options() -> None:
+    """Refused while encrypted topics were not supported; now that the processor decrypts
+    (docs/encryption.md) the flag is accepted and reaches ``DecryptOptions``."""
+    parse = processor_cli.build_parser().parse_args
+    args = parse(["b", "--treat_undecryptable_as_plaintext"])
+    assert processor_cli.options_from_args(args).bucket == "b"  # no ConfigError
+    pytest.importorskip("kafkacrypto")
+    assert processor_cli.decrypt_options(args).treat_undecryptable_as_plaintext is True
+    assert processor_cli.decrypt_options(parse(["b"])).treat_undecryptable_as_plaintext is False
 
 
 def test_processor_accepts_the_decrypt_waits_and_the_topic_aliases() -> None:
@@ -84,7 +88,11 @@ def test_upload_directory_accepts_the_consumer_and_decrypt_options(tmp_path: Pat
     assert args.treat_undecryptable_as_plaintext is True
 
 
-def _run_console(text: str, alive_seconds: float, caplog: pytest.LogCaptureFixture) -> int:
+def _run_console(
+    text: str, alive_seconds: float, caplog: pytest.LogCaptureFixture
+) -> tuple[int, str]:
+    """How many checks ``text`` ran, and why the console stopped (``"test"``: the
+    timer after 1 s, not a command)."""
     checks: list[int] = []
     console = Console(
         lambda: checks.append(1),
@@ -98,20 +106,23 @@ def _run_console(text: str, alive_seconds: float, caplog: pytest.LogCaptureFixtu
         timer.start()
         console.run_until_stopped(interval=0.02)
     timer.cancel()
-    return len(checks)
+    return len(checks), console.stop_reason
 
 
 def test_console_commands_are_whole_lines(caplog: pytest.LogCaptureFixture) -> None:
     # OpenMSIStream reads single characters: "check" would be two checks and any
     # word with a q in it a quit. Here one line is one command.
-    assert _run_console("check\nsquash\n", 0, caplog) == 1
+    # One check, and "squash" (unknown, as the log says) did not quit: the timer stopped it.
+    assert _run_console("check\nsquash\n", 0, caplog) == (1, "test")
     assert "Unknown command 'squash'" in caplog.text
     console = Console(lambda: None, stdin=io.StringIO("quit\n"), handle_signals=False)
     console.start()
     assert console.stop_requested.wait(2)
+    assert console.stop_reason == "quit command"
 
 
 def test_console_alive_marker_is_an_info_line(caplog: pytest.LogCaptureFixture) -> None:
-    _run_console("", 0.1, caplog)
+    # The markers ran no check and stopped nothing.
+    assert _run_console("", 0.1, caplog) == (0, "test")
     dots = [r for r in caplog.records if r.getMessage() == "."]
     assert dots and all(r.levelno == logging.INFO for r in dots)
