@@ -272,16 +272,26 @@ def test_sigterm_shuts_down_cleanly_with_summary(
 
 
 def test_closed_stdin_does_not_stop_the_processor(
-    tmp_path: Path, new_topic: Any, new_bucket: Any, s3_client: Any
+    tmp_path: Path, new_topic: Any, new_bucket: Any, s3_client: Any, kafka_bootstrap: str
 ) -> None:
     topic = new_topic(partitions=1)
     bucket = new_bucket()
-    run = ProcessorRun(bucket, topic, f"g-{uuid.uuid4().hex[:8]}", tmp_path / "out")
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    run = ProcessorRun(bucket, topic, group, tmp_path / "out")
     run.wait_for(lambda: "Listening to the" in run.stderr(), 60, "startup")
     assert run.proc.stdin is not None
     run.proc.stdin.close()
     run.wait_for(lambda: run.stderr().count("] .") >= 1, 30, "an alive marker after stdin closed")
     assert run.proc.poll() is None
+    # Alive as the marker says, and still working: a file sent now lands and is committed.
+    src = tmp_path / "src"
+    write_tree(src, {"after.dat": b"sent after stdin closed"})
+    produce_tree(kafka_bootstrap, topic, src, ["after.dat"], partitions=1)
+    run.wait_for(lambda: f"{topic}/after.dat" in list_objects(s3_client, bucket), 60, "the file")
+    assert read_object(s3_client, bucket, f"{topic}/after.dat") == b"sent after stdin closed"
+    run.wait_for(
+        lambda: committed_offsets(kafka_bootstrap, topic, group) == {0: 1}, 30, "the commit"
+    )
     assert run.terminate() == 0
 
 
