@@ -15,6 +15,10 @@ sees it. The first message of a partition that cannot be decrypted yet is held l
 deferred one: it and everything after it in that partition are left out of the batch
 and read again from its offset after a rest, so the ledger never reads past it and no
 commit can pass it. It is retried until it decrypts, never skipped.
+
+About 560 lines: polling, pausing, seeking, the rebalance callbacks, commits and
+the hold of undecryptable messages all act on one consumer's state, which is what
+the delivery guarantee depends on; split, each part would reach into the others.
 """
 
 from __future__ import annotations
