@@ -26,6 +26,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -798,4 +799,16 @@ def run_until_objects(
         else log_path.read_text(errors="replace").splitlines()[-30:],
         "smaps_at_peak_MiB": res.smaps_at_peak,
         "rss_series_MiB": [(t, round(r / MiB, 1)) for t, r in res.rss_series],
+    }
+
+
+def spread(values: Iterable[Any], digits: int = 2) -> dict[str, float] | None:
+    """Median, min and max of the values that are not None (None if there are none)."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    return {
+        "median": round(statistics.median(vals), digits),
+        "min": round(min(vals), digits),
+        "max": round(max(vals), digits),
     }

@@ -68,7 +68,6 @@ import os
 import random
 import shlex
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -99,6 +98,7 @@ from _common import (
     s3_client,
     scan_log,
     snapshot_package,
+    spread,
     today,
     wait_for_low_load,
     warm_bucket,
@@ -475,17 +475,6 @@ STATS = (
 )
 
 
-def _spread(values: list[float]) -> dict[str, float] | None:
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return {
-        "median": round(statistics.median(values), 2),
-        "min": round(min(values), 2),
-        "max": round(max(values), 2),
-    }
-
-
 def summarize(runs: list[dict[str, Any]], n_files: int, total: int) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for program in (*PROGRAMS, TUNED):
@@ -496,7 +485,7 @@ def summarize(runs: list[dict[str, Any]], n_files: int, total: int) -> dict[str,
         s: dict[str, Any] = {"label": LABELS.get(program, program), "runs": len(mine)}
         s["runs_ok"] = len(ok)
         for key in STATS:
-            s[key] = _spread([r.get(key) for r in ok])
+            s[key] = spread([r.get(key) for r in ok])
         if s["cpu_s"]:
             med = s["cpu_s"]["median"]
             s["cpu_ms_per_file"] = round(1000 * med / n_files, 3)

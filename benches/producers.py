@@ -51,7 +51,6 @@ import os
 import random
 import shlex
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -77,6 +76,7 @@ from _common import (
     package_versions,
     scan_log,
     snapshot_package,
+    spread,
     today,
     wait_for_low_load,
     write_json,
@@ -494,17 +494,6 @@ STATS = (
 )
 
 
-def _spread(values: list[Any]) -> dict[str, float] | None:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return None
-    return {
-        "median": round(statistics.median(vals), 3),
-        "min": round(min(vals), 3),
-        "max": round(max(vals), 3),
-    }
-
-
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for bench in BENCHES:
@@ -516,7 +505,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             ok = [r for r in mine if r["status"] == "ok"]
             s: dict[str, Any] = {"label": LABELS[program], "runs": len(mine), "runs_ok": len(ok)}
             for key in STATS:
-                s[key] = _spread([r.get(key) for r in ok])
+                s[key] = spread([r.get(key) for r in ok], 3)
             if s["cpu_s"] and ok:
                 s["cpu_ms_per_file"] = round(1000 * s["cpu_s"]["median"] / ok[0]["files"], 3)
                 s["cpu_s_per_GB"] = round(s["cpu_s"]["median"] / (ok[0]["bytes"] / 1e9), 2)

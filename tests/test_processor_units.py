@@ -87,11 +87,10 @@ def unavailable() -> ClientError:
     )
 
 
-@pytest.fixture
-def parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setattr(uploads_module, "FIRST_DELAY", 0.01)
-    options = ProcessorOptions(bucket="b", topic="t", group_id="g", output_dir=tmp_path)
-    store = FakeStore()
+def new_uploader(
+    tmp_path: Path, store: FakeStore, options: ProcessorOptions
+) -> tuple[Ledger, Uploader, TransferJournal, StreamRegistry]:
+    """An uploader over ``store`` with a fresh ledger, journal and registry."""
     ledger = Ledger(5 << 20, 64 << 20)
     journal = TransferJournal(tmp_path, "t", "g")
     registry = StreamRegistry(tmp_path, "t", "g")
@@ -104,6 +103,15 @@ def parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
         stats=Stats(),
         log=LOG,
     )
+    return ledger, up, journal, registry
+
+
+@pytest.fixture
+def parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setattr(uploads_module, "FIRST_DELAY", 0.01)
+    options = ProcessorOptions(bucket="b", topic="t", group_id="g", output_dir=tmp_path)
+    store = FakeStore()
+    ledger, up, journal, registry = new_uploader(tmp_path, store, options)
     yield store, ledger, up, journal
     up.stop(grace=5)
     registry.close()
@@ -480,18 +488,7 @@ def test_the_upload_bound_counts_bytes_so_many_small_files_go_side_by_side(
         return real_put(key, data, **kw)
 
     store.put = put  # type: ignore[method-assign]
-    ledger = Ledger(5 << 20, 64 << 20)
-    journal = TransferJournal(tmp_path, "t", "g")
-    registry = StreamRegistry(tmp_path, "t", "g")
-    up = Uploader(
-        options=options,
-        store=store,  # type: ignore[arg-type]
-        ledger=ledger,
-        journal=journal,
-        registry=registry,
-        stats=Stats(),
-        log=LOG,
-    )
+    ledger, up, journal, registry = new_uploader(tmp_path, store, options)
     try:
         ledger.assigned(0, 0, None)
         msgs = [chunks(f"s{i}.dat", bytes([i]) * 1000, 1 << 20)[0] for i in range(10)]
@@ -527,18 +524,7 @@ def test_download_regex_selects_files_by_their_relative_path(
         download_regex=re.compile(r".*\.dat$"),
     )
     store = FakeStore()
-    ledger = Ledger(5 << 20, 64 << 20)
-    journal = TransferJournal(tmp_path, "t", "g")
-    registry = StreamRegistry(tmp_path, "t", "g")
-    up = Uploader(
-        options=options,
-        store=store,  # type: ignore[arg-type]
-        ledger=ledger,
-        journal=journal,
-        registry=registry,
-        stats=Stats(),
-        log=LOG,
-    )
+    ledger, up, journal, registry = new_uploader(tmp_path, store, options)
     try:
         skipped = chunks("skip.bin", b"s" * 700, 300)
         kept = chunks("keep.dat", b"k" * 700, 300)
