@@ -1,7 +1,7 @@
 """Micro benchmarks of the Rust core through Python, side by side with the pure-Python path
 OpenMSIStream 1.8.8 uses, in the same process, on the same bytes:
 
-* SHA-512 of 512 KiB blocks: ours ``_core.sha512`` (RustCrypto ``sha2``) vs ``hashlib.sha512``
+* SHA-512 of 512 KiB blocks: ours ``_core.sha512`` (``ring``: OpenSSL's assembly) vs ``hashlib.sha512``
   (OpenSSL): every path below hashes each byte two or three times, so this bounds them all;
 * decode + verify of chunk messages (512 KiB of data each):
   ours ``_core.decode_chunk(value, verify=True)`` vs ``msgpack.unpackb(raw=True)`` + the

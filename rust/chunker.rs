@@ -14,7 +14,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
-use sha2::{Digest, Sha512};
+use crate::checksum::Sha512;
 
 use crate::error::{Error, Result};
 use crate::wire::Chunk;
@@ -68,21 +68,21 @@ impl FilePlan {
             size += n as u64;
             in_chunk += n as u64;
             if in_chunk == chunk_size {
-                chunk_hashes.push(chunk_hash.finalize_reset().into());
+                chunk_hashes.push(chunk_hash.finish_reset());
                 chunk_crcs.push(chunk_crc.finalize_reset());
                 in_chunk = 0;
             }
         }
         // An empty file still travels as one empty chunk so it is reconstructed.
         if in_chunk > 0 || size == 0 {
-            chunk_hashes.push(chunk_hash.finalize().into());
+            chunk_hashes.push(chunk_hash.finish());
             chunk_crcs.push(chunk_crc.finalize());
         }
         Ok(Self {
             path: path.to_owned(),
             size,
             chunk_size,
-            file_hash: file_hash.finalize().into(),
+            file_hash: file_hash.finish(),
             chunk_hashes,
             chunk_crcs,
             mtime,
@@ -127,7 +127,7 @@ impl FilePlan {
             })?;
             let same = match check {
                 Check::Crc => crate::checksum::crc64nvme(data) == crc,
-                Check::ChunkHash => Sha512::digest(&*data).as_slice() == chunk_hash.as_slice(),
+                Check::ChunkHash => crate::checksum::sha512(data) == *chunk_hash,
             };
             if same {
                 Ok(())

@@ -10,12 +10,12 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
 
+use crate::checksum::Sha512 as Sha512State;
 use pyo3::exceptions::{PyBufferError, PyOSError, PySystemError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyTuple, PyType};
-use sha2::{Digest, Sha512 as Sha512State};
 
 use crate::assembler::{self, Assembler as RustAssembler, Disposition, Event as RustEvent, Position};
 use crate::checksum;
@@ -316,7 +316,7 @@ impl Sha512 {
     }
 
     fn digest<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &self.state.clone().finalize())
+        PyBytes::new(py, &self.state.peek())
     }
 }
 

@@ -7,7 +7,7 @@
 //! produces (smallest int encodings, `str8` for short strings, float64 for the
 //! mtime), so a decoded message re-encodes to the identical bytes.
 
-use sha2::{Digest, Sha512};
+use crate::checksum::sha512;
 
 use crate::error::{Error, Result};
 
@@ -59,8 +59,7 @@ impl<'a> Chunk<'a> {
 
     /// Re-checks the chunk hash; `decode` already does this, encoders use it too.
     pub fn verify_hash(&self) -> Result<()> {
-        let digest = Sha512::digest(self.data);
-        if digest.as_slice() != self.chunk_hash.as_slice() {
+        if sha512(self.data).as_slice() != self.chunk_hash.as_slice() {
             return Err(self.hash_error());
         }
         Ok(())
@@ -610,7 +609,7 @@ mod tests {
     }
 
     fn digest(data: &[u8]) -> [u8; 64] {
-        Sha512::digest(data).into()
+        sha512(data)
     }
 
     #[test]
