@@ -15,8 +15,8 @@ literal ``%`` is written ``%%``; keys are lowercased) with these sections:
   ``max.logs.per.message`` and ``log.level``;
 * ``[kafkacrypto]``: the KafkaCrypto node (``node_id`` or ``config_file``) of an
   encrypted topic, as OpenMSIStream names it; kept as :attr:`TransferConfig.kafkacrypto`
-  and resolved by :meth:`TransferConfig.kafkacrypto_settings` (the processor decrypts;
-  the producers do not encrypt yet);
+  and resolved by :meth:`TransferConfig.kafkacrypto_settings` (the processor decrypts
+  with it, the producers encrypt);
 * anything else is kept by name but not used.
 
 A value that starts with ``$`` names environment variables (``$X``, ``${X}``,
@@ -529,8 +529,8 @@ class TransferConfig:
     def kafkacrypto_settings(self) -> KafkaCryptoSettings | None:
         """The KafkaCrypto node ``[kafkacrypto]`` names, or None without the section.
 
-        Resolved on request, not by :func:`load_config`: only a program that decrypts
-        needs KafkaCrypto installed and the node's files present. Raises
+        Resolved on request, not by :func:`load_config`: only a program that encrypts
+        or decrypts needs KafkaCrypto installed and the node's files present. Raises
         :class:`ConfigError` naming this file and the key when the extra is missing or
         the node cannot be found.
         """
@@ -549,9 +549,8 @@ class TransferConfig:
         except crypto.CryptoError as exc:
             raise ConfigError(f"{self.path}: {exc}") from None
 
-    def warnings(self, *, decrypting: bool = False) -> list[str]:
-        """Things in the file that work but are probably not what the user wants.
-        ``decrypting``: the caller uses ``[kafkacrypto]`` (the processor)."""
+    def warnings(self) -> list[str]:
+        """Things in the file that work but are probably not what the user wants."""
         found: list[str] = []
         if "consumer" in self.sections and self.consumer:
             auto_commit = self.consumer.get("enable.auto.commit")
@@ -564,11 +563,6 @@ class TransferConfig:
                     "of files not yet stored, and a crash would lose them). Set "
                     "enable.auto.commit = False to make the file say what happens."
                 )
-        if "kafkacrypto" in self.sections and not decrypting:
-            found.append(
-                f"[kafkacrypto] in {self.path} is ignored here: s3transfer-stream's producers "
-                "do not encrypt yet (only S3TransferStreamProcessor decrypts)"
-            )
         found.extend(self.notes)
         return found
 

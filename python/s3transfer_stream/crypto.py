@@ -20,7 +20,7 @@ What it offers, independent of the processor and the producers:
 KafkaCrypto ships no type information, so the handful of objects taken from it are
 typed ``Any`` at the boundary below.
 
-About 680 lines: KafkaCrypto has no types and no non-interactive provisioning, so
+About 730 lines: KafkaCrypto has no types and no non-interactive provisioning, so
 the node lookup, provisioning and the decrypt/encrypt wrapper that hides it sit
 together in the one module that may import it.
 """
@@ -73,6 +73,7 @@ __all__ = [
     "NodeSpec",
     "NotYetDecryptable",
     "is_encrypted",
+    "open_node",
     "provision_nodes",
     "require_kafkacrypto",
 ]
@@ -365,6 +366,27 @@ class CryptoNode:
         """
         self.encrypt(topic, None, b"")
 
+    def keys_saved(self) -> bool:
+        """True once KafkaCrypto has written every producer key this node made into its
+        config file (``oldkeys``), so that the node, started again, can still serve them.
+
+        KafkaCrypto saves them from its background thread, once per 0.5 s cycle; it
+        clears its "new keys" flag and writes the file under its lock, so reading the
+        flag under that lock means the file is written. (A private attribute of the
+        pinned KafkaCrypto version: it has no public call for this.)
+        """
+        with self._crypto._lock:
+            return not bool(getattr(self._crypto, "_new_pgens", False))
+
+    def wait_keys_saved(self, timeout: float) -> bool:
+        """Waits up to ``timeout`` s for :meth:`keys_saved`; returns whether they are."""
+        deadline = time.monotonic() + timeout
+        while not self.keys_saved():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(_POLL_STEP)
+        return True
+
     # -- consuming
 
     def wait_budget(self, parts: Sequence[str]) -> float:
@@ -490,6 +512,27 @@ class CryptoNode:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def open_node(
+    settings: KafkaCryptoSettings,
+    broker: Mapping[str, Any],
+    *,
+    options: DecryptOptions | None = None,
+    block_on_new_key: bool = True,
+) -> CryptoNode:
+    """A :class:`CryptoNode`, with the ways opening one fails as one :class:`CryptoError`
+    that says what to do (a node already in use, node files that cannot be read)."""
+    try:
+        return CryptoNode(settings, broker, options=options, block_on_new_key=block_on_new_key)
+    except BlockingIOError:
+        # KafkaCrypto locks the node's config file for as long as the node runs.
+        raise CryptoError(
+            f"KafkaCrypto node {settings.node_config} is in use by another process (it "
+            "locks its config file while it runs); give each process its own node"
+        ) from None
+    except OSError as err:
+        raise CryptoError(f"cannot open KafkaCrypto node {settings.node_config}: {err}") from None
 
 
 def _key_index(raw: bytes) -> object:

@@ -12,7 +12,7 @@ from ..health import BrokerProbe, HealthServer
 from ..heartbeats import Heartbeats, directory_uploader_counts
 from ..kafka import make_producer, partition_count
 from ..metrics import DirectoryUploaderMetrics, directory_uploader_health, producer_ready
-from ..producer import LOGS_SUBDIR, DirectoryUploader
+from ..producer import LOGS_SUBDIR, DirectoryUploader, Encryptor, open_encryptor
 from ..progress import StatusLine
 from ..registry import RegistryError
 from . import common
@@ -144,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.warning(f"{option} is not supported by this program and is ignored")
     topic = common.topic_from(args)
     server: HealthServer | None = None
+    crypto: Encryptor | None = None
     try:
         config = common.load_producer_config(args.config)
         common.log_config_notes(config, log)
@@ -153,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             queue_kbytes=args.queue_max_size * 1_000_000 // 1024,
         )
         n_partitions = partition_count(producer, topic)
+        crypto = open_encryptor(config)
         server = common.open_health_server(args)
         uploader = DirectoryUploader(
             upload_dir,
@@ -165,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             watchdog_lag_time=args.watchdog_lag_time,
             use_polling_observer=args.use_polling_observer,
             n_threads=args.n_threads,
+            crypto=crypto,
         )
         beats = common.heartbeat_options(args)
         heartbeats = (
@@ -181,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, RegistryError, OSError) as exc:
         if server is not None:
             server.close()
+        if crypto is not None:
+            crypto.close()
         if isinstance(exc, OSError):
             return common.fail(log, f"cannot use {upload_dir}: {exc}", common.EXIT_USAGE)
         return common.fail(log, str(exc), common.EXIT_USAGE)

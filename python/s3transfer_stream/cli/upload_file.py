@@ -13,7 +13,7 @@ from ..health import BrokerProbe, Check
 from ..heartbeats import DeliveryCounter, Heartbeats
 from ..kafka import make_producer, partition_count
 from ..metrics import ProducerMetrics, producer_ready
-from ..producer import send_file
+from ..producer import Encryptor, open_encryptor, send_file
 from ..progress import FileProgress
 from . import common
 
@@ -56,14 +56,17 @@ def _mb_per_s(size: int, seconds: float) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     running: list[Heartbeats] = []
+    encrypting: list[Encryptor] = []
     try:
-        return _run(argv, running)
+        return _run(argv, running, encrypting)
     finally:
+        for crypto in encrypting:  # at once if the send failed; finish() closed it otherwise
+            crypto.close()
         for heartbeats in running:  # after the last line is logged: it goes out too
             heartbeats.stop()
 
 
-def _run(argv: Sequence[str] | None, running: list[Heartbeats]) -> int:
+def _run(argv: Sequence[str] | None, running: list[Heartbeats], encrypting: list[Encryptor]) -> int:
     args = build_parser().parse_args(argv)
     log: logging.Logger | None = None
     try:
@@ -76,6 +79,9 @@ def _run(argv: Sequence[str] | None, running: list[Heartbeats]) -> int:
         common.log_config_notes(config, log)
         producer = make_producer(config.producer, chunk_size=args.chunk_size)
         n_partitions = partition_count(producer, topic)
+        crypto = open_encryptor(config)
+        if crypto is not None:
+            encrypting.append(crypto)
         server = common.open_health_server(args)
     except ConfigError as exc:
         return common.fail(log, str(exc), common.EXIT_USAGE)
@@ -137,6 +143,7 @@ def _run(argv: Sequence[str] | None, running: list[Heartbeats]) -> int:
             wait=True,
             on_delivery=progress.hook(on_delivery),
             chunker=chunker,
+            crypto=crypto,
         )
     except TransferError as exc:
         producer.flush(10)
@@ -169,6 +176,8 @@ def _run(argv: Sequence[str] | None, running: list[Heartbeats]) -> int:
             "chunks": result.n_chunks,
         },
     )
+    if crypto is not None:
+        crypto.finish()  # keeps serving the keys a few seconds after the last message
     return common.EXIT_OK
 
 

@@ -133,7 +133,7 @@ class S3TransferStreamProcessor:
         self.log.info(
             f"Will process files from messages in the {o.topic} topic using {o.n_threads} thread(s)"
         )
-        for w in self.config.warnings(decrypting=self.crypto is not None):
+        for w in self.config.warnings():
             self.log.warning(w)
         self.registry.start()
         topic_id = self._topic_id()

@@ -9,6 +9,9 @@
   seconds, keeps OpenMSIStream's upload registry in ``<upload_dir>/LOGS/`` (updated
   only after the broker acknowledged a chunk) and resumes partly sent files after a
   restart by sending only the chunks not yet acknowledged.
+* :func:`open_encryptor` gives both producers the :class:`Encryptor` of a config's
+  ``[kafkacrypto]`` node: every message's key and value encrypted (KafkaCrypto), the
+  node kept serving keys a little after the final flush.
 
 One job a module:
 
@@ -18,10 +21,12 @@ One job a module:
 * :mod:`.state` -- this run's one record of every file's upload state, and the counts;
 * :mod:`.watcher` -- finding files, deciding when one is ready and whether it changed;
 * :mod:`.sender` -- hashing, producing and resuming one file, resending a chunk;
+* :mod:`.encryption` -- the KafkaCrypto node a producing process encrypts with;
 * :mod:`.directory` -- :class:`DirectoryUploader`: the two above and their threads.
 """
 
 from .directory import DirectoryUploader
+from .encryption import Encryptor, open_encryptor
 from .paths import LOGS_SUBDIR, is_eligible, relative_location
 from .send import DEFAULT_BATCH_SIZE, DEFAULT_STALL_TIMEOUT, FileSendResult, send_file
 from .send import runs as _runs
@@ -36,12 +41,14 @@ __all__ = [
     "LOGS_SUBDIR",
     "MAX_DELIVERY_ATTEMPTS",
     "DirectoryUploader",
+    "Encryptor",
     "FileSendResult",
     "UploaderStatus",
     "_Version",
     "_VersionLog",
     "_runs",
     "is_eligible",
+    "open_encryptor",
     "relative_location",
     "send_file",
 ]

@@ -13,6 +13,7 @@ from typing import Any
 from ..kafka import DEFAULT_CHUNK_SIZE, partition_count
 from ..logs import get_logger
 from ..registry import ProducerRegistry
+from .encryption import Encryptor
 from .paths import LOGS_SUBDIR
 from .send import DEFAULT_BATCH_SIZE
 from .sender import FileSender
@@ -43,6 +44,10 @@ class DirectoryUploader:
     CPU-heavy hashing and encoding already runs in parallel (GIL released) in the
     workers. A separate thread polls the producer, so delivery reports (which update
     the registry) are served even while every worker is busy reading a large file.
+
+    ``crypto``: every message is encrypted with it; :meth:`stop` then keeps its node
+    serving keys a little after the final flush (:meth:`.Encryptor.finish`) and
+    closes it.
     """
 
     def __init__(
@@ -61,6 +66,7 @@ class DirectoryUploader:
         batch_size: int = DEFAULT_BATCH_SIZE,
         flush_timeout: float = 60.0,
         scan_interval: float = 0.2,
+        crypto: Encryptor | None = None,
     ) -> None:
         root = Path(upload_dir)
         if not root.is_dir():
@@ -86,6 +92,7 @@ class DirectoryUploader:
         self.batch_size = batch_size
         self.flush_timeout = flush_timeout
         self.scan_interval = scan_interval
+        self.crypto = crypto
         self.logs_dir = self.root / LOGS_SUBDIR
         self.registry = ProducerRegistry(self.logs_dir, topic)
         self.versions = VersionLog(self.registry.paths.versions)
@@ -115,6 +122,7 @@ class DirectoryUploader:
             versions=self.versions,
             stopping=self._stopping,
             resubmit=lambda job, chunk_i: self._work.put((job, chunk_i)),
+            crypto=crypto,
         )
         self._threads: list[threading.Thread] = []
         self._started = False
@@ -203,6 +211,10 @@ class DirectoryUploader:
         except Exception as exc:
             self._log.error(f"could not write the upload registry in {self.logs_dir}: {exc}")
         self.versions.close()
+        if self.crypto is not None:
+            # After the registry is written: serving keys a few seconds more must not
+            # delay it.
+            self.crypto.finish()
         status = self.status()
         partly = status.in_progress
         self._log.info(

@@ -4,7 +4,8 @@
 that produces a file (or the chunks of it still to send). The Rust core reads the
 chunks into their messages and checks them with the GIL released; Python only hands
 the encoded buffers to librdkafka, in batches, so the memory used is one batch per
-sending thread plus the producer's bounded queue.
+sending thread plus the producer's bounded queue. With an :class:`~.encryption.Encryptor`
+each message's key and value are encrypted (KafkaCrypto) between the two.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .. import _core
 from ..errors import TransferError
 from ..kafka import DEFAULT_CHUNK_SIZE, describe_kafka_error, file_partition, partition_count
 from ..logs import get_logger
+from .encryption import Encryptor
 from .paths import rel_path as _rel_path
 from .paths import relative_location
 
@@ -161,6 +163,7 @@ def send_file(
     stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
     stop: threading.Event | None = None,
     chunker: Any = None,
+    crypto: Encryptor | None = None,
 ) -> FileSendResult:
     """Send the file at ``path`` to ``topic`` as OpenMSIStream chunk messages.
 
@@ -173,9 +176,11 @@ def send_file(
     ``batch_size`` chunks in parallel. ``wait``: flush until every message is
     delivered or failed. ``stop``: when set, production stops early (``stopped``).
     ``chunker``: a ``_core.FileChunker`` of ``path`` already made with ``chunk_size``.
+    ``crypto``: encrypts each message's key and value before it is produced.
 
     Raises TransferError if the file changed while it was sent, cannot be read, has a
-    name that is not UTF-8, or if the producer queue stayed full ``stall_timeout`` s.
+    name that is not UTF-8, cannot be encrypted, or if the producer queue stayed full
+    ``stall_timeout`` s.
     """
     if n_threads < 1:
         raise ValueError(f"n_threads must be >= 1, got {n_threads}")
@@ -249,15 +254,20 @@ def send_file(
             for offset, buffer in enumerate(buffers):
                 chunk_i = first + offset
                 size = len(buffer)
+                plain_key = _core.message_key(subdir, filename, chunk_i, n_chunks)
+                key: str | bytes = plain_key
+                value: Any = buffer
                 try:
+                    if crypto is not None:
+                        key, value = crypto.encrypt(topic, plain_key, buffer)
                     sent = _produce(
                         producer,
                         stop,
                         stall_timeout,
                         what,
                         topic=topic,
-                        key=_core.message_key(subdir, filename, chunk_i, n_chunks),
-                        value=buffer,
+                        key=key,
+                        value=value,
                         partition=result.partition,
                         on_delivery=functools.partial(delivered, chunk_i, size),
                     )

@@ -26,6 +26,7 @@ from ..errors import TransferError
 from ..kafka import describe_kafka_error
 from ..logs import get_logger
 from ..registry import ProducerRegistry
+from .encryption import Encryptor
 from .send import send_file
 from .state import Job, Outcome, UploadStates
 from .versions import FileVersion, VersionLog
@@ -53,8 +54,10 @@ class FileSender:
         versions: VersionLog,
         stopping: threading.Event,
         resubmit: Callable[[Job, int], None],
+        crypto: Encryptor | None = None,
     ) -> None:
         self.producer = producer
+        self.crypto = crypto
         self.topic = topic
         self.root = root
         self.n_partitions = n_partitions
@@ -156,6 +159,7 @@ class FileSender:
                 stall_timeout=None,
                 stop=self._stopping,
                 chunker=job.chunker,
+                crypto=self.crypto,
             )
         except TransferError as exc:
             if reraise:
