@@ -136,11 +136,11 @@ CONFIG_SECTIONS: tuple[ConfigSection, ...] = (
     ),
     ConfigSection(
         "kafkacrypto",
-        "OpenMSIStream's encryption settings: the KafkaCrypto node whose keys decrypt the "
-        "topic (needs the extra: pip install 's3transfer-stream[crypto]'; docs/encryption.md). "
-        "S3TransferStreamProcessor decrypts with it; UploadDataFile and "
-        "DataFileUploadDirectory do not encrypt yet (they ignore it). Any other section is "
-        "ignored.",
+        "OpenMSIStream's encryption settings: the KafkaCrypto node whose keys encrypt or "
+        "decrypt the topic (needs the extra: pip install 's3transfer-stream[crypto]'; "
+        "docs/encryption.md). UploadDataFile and DataFileUploadDirectory encrypt every "
+        "message's key and value with it; S3TransferStreamProcessor decrypts with it. Any "
+        "other section is ignored.",
     ),
 )
 
