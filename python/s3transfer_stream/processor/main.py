@@ -100,12 +100,12 @@ class S3TransferStreamProcessor:
         settings = self.config.kafkacrypto_settings()
         if settings is None:
             return None
-        from ..crypto import CryptoError, CryptoNode
+        from ..crypto import CryptoError, open_node
 
         try:
             # The loop holds and retries a message whose key is missing, so KafkaCrypto
             # must not wait for it on the consumer thread.
-            return CryptoNode(
+            return open_node(
                 settings,
                 self.config.broker,
                 options=self.options.decrypt,
@@ -113,17 +113,6 @@ class S3TransferStreamProcessor:
             )
         except CryptoError as err:
             raise ConfigError(f"{self.config.path}: {err}") from None
-        except BlockingIOError:
-            # KafkaCrypto locks the node's config file for as long as the node runs.
-            raise ConfigError(
-                f"{self.config.path}: KafkaCrypto node {settings.node_config} is in use by "
-                "another process (it locks its config file while it runs); give each "
-                "process its own node"
-            ) from None
-        except OSError as err:
-            raise ConfigError(
-                f"{self.config.path}: cannot open KafkaCrypto node {settings.node_config}: {err}"
-            ) from None
 
     # -- lifecycle ---------------------------------------------------------------
 
