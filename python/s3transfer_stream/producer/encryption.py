@@ -65,7 +65,8 @@ class Encryptor:
             enc_key, enc_value = self.node.encrypt(topic, key.encode("utf-8"), plain)
         except S3TransferStreamError as exc:
             raise TransferError(str(exc)) from exc
-        assert enc_key is not None
+        if enc_key is None:  # CryptoNode.encrypt returns a key whenever it is given one
+            raise TransferError(f"KafkaCrypto returned no encrypted key for a message to {topic}")
         with self._lock:
             self._last = time.monotonic()
             self._topics.add(topic)
