@@ -12,6 +12,8 @@
   into the child's ``ru_maxrss``, so it reports at least the harness's own peak RSS.
 * S3 helpers (bucket create / list / empty+delete) and the OpenMSIStream peer's paths and
   config file.
+* Data sets: :class:`Group`, :func:`scaled`, :func:`make_dataset` (random files) and
+  :func:`produce` (sent once to a topic by our producer).
 
 Nothing here imports ``s3transfer_stream`` at module level: :func:`snapshot_package` must
 put its copy first on ``sys.path`` before the package is imported in this process.
@@ -24,6 +26,7 @@ import datetime as dt
 import json
 import os
 import platform
+import random
 import shutil
 import signal
 import statistics
@@ -32,7 +35,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 BENCHES = REPO / "benches"
 RESULTS = BENCHES / "results"
 MiB = 1 << 20
+CHUNK_SIZE = 512 * 1024  # the producer's default chunk size (OpenMSIStream's too)
 
 
 def _venv_bin() -> Path:
@@ -812,3 +816,88 @@ def spread(values: Iterable[Any], digits: int = 2) -> dict[str, float] | None:
         "min": round(min(vals), digits),
         "max": round(max(vals), digits),
     }
+
+
+# --------------------------------------------------------------------------- data sets
+
+
+@dataclass(frozen=True)
+class Group:
+    """``count`` files of ``min_size``-``max_size`` bytes (uniform) under ``name/``."""
+
+    name: str
+    count: int
+    min_size: int
+    max_size: int
+    subdirs: int = 10
+
+
+def scaled(groups: tuple[Group, ...], scale: float, part_size: int) -> list[Group]:
+    """The groups of a workload at ``scale``: a group of 10 or more files keeps its sizes
+    and gets ``scale`` times as many files (at least 1); a group of fewer files keeps its
+    count and gets ``scale`` times the size, but at least two parts of ``part_size`` and
+    1 MiB (so it stays a multipart upload)."""
+    out = []
+    for g in groups:
+        if scale == 1.0:
+            out.append(g)
+        elif g.count >= 10:
+            out.append(replace(g, count=max(1, round(g.count * scale))))
+        else:
+            floor = 2 * part_size + MiB
+            lo = max(floor, round(g.min_size * scale))
+            hi = max(lo, round(g.max_size * scale))
+            out.append(replace(g, min_size=lo, max_size=hi))
+    return out
+
+
+def make_dataset(root: Path, groups: list[Group], seed: int) -> dict[str, int]:
+    """Writes the files (random bytes); returns ``{relative posix path: size}``."""
+    rng = random.Random(seed)
+    files: dict[str, int] = {}
+    for g in groups:
+        for i in range(g.count):
+            size = rng.randint(g.min_size, g.max_size)
+            rel = f"{g.name}/d{i % g.subdirs:02d}/{g.name}_{i:04d}.dat"
+            p = root / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            with open(p, "wb") as f:
+                left = size
+                while left:
+                    n = min(left, 16 * MiB)
+                    f.write(os.urandom(n))
+                    left -= n
+            files[rel] = size
+    return files
+
+
+def produce(root: Path, files: dict[str, int], topic: str, partitions: int) -> float:
+    """Produces every file once with our producer; returns the seconds it took."""
+    from s3transfer_stream.config import load_config
+    from s3transfer_stream.kafka import make_producer
+    from s3transfer_stream.producer import send_file
+
+    cfg = load_config("local", require=("producer",))
+    producer = make_producer(cfg.producer)
+    t0 = time.monotonic()
+    results = []
+    for rel in files:
+        results.append(
+            send_file(
+                producer,
+                topic,
+                root / rel,
+                root=root,
+                chunk_size=CHUNK_SIZE,
+                n_partitions=partitions,
+                n_threads=2,
+                wait=False,
+            )
+        )
+    while any(r.n_outstanding for r in results):
+        producer.flush(1.0)
+    seconds = time.monotonic() - t0
+    bad = [r for r in results if not r.complete]
+    if bad:
+        raise SystemExit(f"{len(bad)} file(s) were not fully delivered, e.g. {bad[0].errors}")
+    return seconds

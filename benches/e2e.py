@@ -70,17 +70,18 @@ import shlex
 import shutil
 import sys
 import tempfile
-import time
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from _common import (
     BENCHES,
+    CHUNK_SIZE,
     OMS_CONFIG,
     REPO,
     RESULTS,
+    Group,
     MeasuredProcess,
     MiB,
     delete_bucket,
@@ -89,13 +90,16 @@ from _common import (
     load_service_env,
     log,
     machine_info,
+    make_dataset,
     now_iso,
     oms_env,
     oms_python,
     package_versions,
     processor_exe,
+    produce,
     run_until_objects,
     s3_client,
+    scaled,
     scan_log,
     snapshot_package,
     spread,
@@ -107,7 +111,6 @@ from _common import (
 
 KiB = 1 << 10
 GiB = 1 << 30
-CHUNK_SIZE = 512 * KiB  # the producer's default chunk size (OpenMSIStream's too)
 
 CEILINGS = ("kafka", "s3")
 PROCESSORS = ("ours", "theirs")
@@ -128,17 +131,6 @@ WORK_PREFIX = "s3ts-bench-e2e-"
 SCALED_RESULTS = RESULTS / "scaled"
 
 
-@dataclass(frozen=True)
-class Group:
-    """``count`` files of ``min_size``-``max_size`` bytes (uniform) under ``name/``."""
-
-    name: str
-    count: int
-    min_size: int
-    max_size: int
-    subdirs: int = 10
-
-
 WORKLOADS: dict[str, tuple[Group, ...]] = {
     "small": (Group("small", 1000, 256 * KiB, 256 * KiB),),
     "typical": (Group("typical", 100, 8 * MiB, 8 * MiB),),
@@ -154,74 +146,6 @@ WORKLOADS: dict[str, tuple[Group, ...]] = {
     ),
 }
 NAMED = ("small", "typical", "large", "mixed")
-
-
-def scaled(groups: tuple[Group, ...], scale: float, part_size: int) -> list[Group]:
-    """The groups of a workload at ``scale`` (see the module docstring)."""
-    out = []
-    for g in groups:
-        if scale == 1.0:
-            out.append(g)
-        elif g.count >= 10:
-            out.append(replace(g, count=max(1, round(g.count * scale))))
-        else:
-            floor = 2 * part_size + MiB
-            lo = max(floor, round(g.min_size * scale))
-            hi = max(lo, round(g.max_size * scale))
-            out.append(replace(g, min_size=lo, max_size=hi))
-    return out
-
-
-def make_dataset(root: Path, groups: list[Group], seed: int) -> dict[str, int]:
-    """Writes the files (random bytes); returns ``{relative posix path: size}``."""
-    rng = random.Random(seed)
-    files: dict[str, int] = {}
-    for g in groups:
-        for i in range(g.count):
-            size = rng.randint(g.min_size, g.max_size)
-            rel = f"{g.name}/d{i % g.subdirs:02d}/{g.name}_{i:04d}.dat"
-            p = root / rel
-            p.parent.mkdir(parents=True, exist_ok=True)
-            with open(p, "wb") as f:
-                left = size
-                while left:
-                    n = min(left, 16 * MiB)
-                    f.write(os.urandom(n))
-                    left -= n
-            files[rel] = size
-    return files
-
-
-def produce(root: Path, files: dict[str, int], topic: str, partitions: int) -> float:
-    """Produces every file once with our producer; returns the seconds it took."""
-    from s3transfer_stream.config import load_config
-    from s3transfer_stream.kafka import make_producer
-    from s3transfer_stream.producer import send_file
-
-    cfg = load_config("local", require=("producer",))
-    producer = make_producer(cfg.producer)
-    t0 = time.monotonic()
-    results = []
-    for rel in files:
-        results.append(
-            send_file(
-                producer,
-                topic,
-                root / rel,
-                root=root,
-                chunk_size=CHUNK_SIZE,
-                n_partitions=partitions,
-                n_threads=2,
-                wait=False,
-            )
-        )
-    while any(r.n_outstanding for r in results):
-        producer.flush(1.0)
-    seconds = time.monotonic() - t0
-    bad = [r for r in results if not r.complete]
-    if bad:
-        raise SystemExit(f"{len(bad)} file(s) were not fully delivered, e.g. {bad[0].errors}")
-    return seconds
 
 
 def upload_settings(cfg: Path) -> dict[str, int]:
