@@ -2,8 +2,8 @@
 
 One run of this script:
 
-1. writes one workload (random bytes; default 300 files x 256 KiB + 6 files x 16 MiB,
-   about 179 MB) and produces it ONCE with our producer (``producer.send_file``, 512 KiB
+1. writes one workload (random bytes; default 600 files x 256 KiB + 12 files x 16 MiB,
+   about 360 MB) and produces it ONCE with our producer (``producer.send_file``, 512 KiB
    chunks, file-affine partitions: every chunk of a file in one partition) to a fresh topic
    with ``--partitions`` partitions (default 6), deleted at the end;
 2. then ``--repeat`` rounds (default 3); each round runs every count of ``--processes``
@@ -60,11 +60,13 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
+    CHUNK_SIZE,
     OMS_CONFIG,
     READY_LINE,
     REPO,
     RESULTS,
     CpuMeter,
+    Group,
     MeasuredProcess,
     MiB,
     delete_bucket,
@@ -74,11 +76,14 @@ from _common import (
     load_service_env,
     log,
     machine_info,
+    make_dataset,
     now_iso,
     package_versions,
     processor_exe,
+    produce,
     read_object,
     s3_client,
+    scaled,
     scan_log,
     snapshot_package,
     spread,
@@ -88,14 +93,10 @@ from _common import (
     write_json,
 )
 
-# The data-set helpers of e2e.py (benches is a directory of scripts: its own directory is
-# first on sys.path).
-from e2e import CHUNK_SIZE, Group, make_dataset, produce, scaled
-
 KiB = 1 << 10
 WORKLOAD = (
-    Group("small", 300, 256 * KiB, 256 * KiB),
-    Group("big", 6, 16 * MiB, 16 * MiB, subdirs=4),
+    Group("small", 600, 256 * KiB, 256 * KiB),
+    Group("big", 12, 16 * MiB, 16 * MiB, subdirs=4),
 )
 WORK_PREFIX = "s3ts-bench-scaling-"
 SCALED_RESULTS = RESULTS / "scaled"
