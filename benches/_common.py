@@ -818,6 +818,14 @@ def spread(values: Iterable[Any], digits: int = 2) -> dict[str, float] | None:
     }
 
 
+def fmt_spread(s: dict[str, float] | None, digits: int = 1) -> str:
+    """A :func:`spread` as ``median (min-max)``, or just the median when they agree."""
+    if not s:
+        return "-"
+    m, lo, hi = (round(s[k], digits) for k in ("median", "min", "max"))
+    return f"{m}" if lo == hi else f"{m} ({lo}-{hi})"
+
+
 # --------------------------------------------------------------------------- data sets
 
 

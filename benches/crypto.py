@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
+    CHUNK_SIZE,
     OMS_CONFIG,
     RESULTS,
     VENV_BIN,
@@ -86,7 +87,6 @@ from _common import (
 from producers import Broker, age_files, clean_upload_dir
 
 KiB = 1 << 10
-CHUNK_SIZE = 512 * KiB
 SMALL_SIZE = 256 * KiB
 BIG_SIZE = 32 * MiB
 MODES = ("plain", "encrypted")

@@ -85,6 +85,7 @@ from _common import (
     MeasuredProcess,
     MiB,
     delete_bucket,
+    fmt_spread,
     fmt_table,
     load_now,
     load_service_env,
@@ -449,13 +450,6 @@ def summarize(runs: list[dict[str, Any]], n_files: int, total: int) -> dict[str,
     return summary
 
 
-def _fmt(s: dict[str, float] | None, digits: int = 1) -> str:
-    if not s:
-        return "-"
-    m, lo, hi = (round(s[k], digits) for k in ("median", "min", "max"))
-    return f"{m}" if lo == hi else f"{m} ({lo}-{hi})"
-
-
 def print_report(result: dict[str, Any]) -> None:
     ds = result["dataset"]
     runs = result["runs"]
@@ -545,14 +539,14 @@ def print_report(result: dict[str, Any]) -> None:
         [
             s["label"],
             f"{s['runs_ok']}/{s['runs']}",
-            _fmt(s["throughput_MBps"]),
-            _fmt(s["files_per_s"]),
-            _fmt(s["cpu_s"], 2),
+            fmt_spread(s["throughput_MBps"]),
+            fmt_spread(s["files_per_s"]),
+            fmt_spread(s["cpu_s"], 2),
             s.get("cpu_ms_per_file", "-"),
             s.get("cpu_s_per_GB", "-"),
-            _fmt(s["peak_rss_MiB"]),
-            _fmt(s["kafka_cpu_s"], 2),
-            _fmt(s["s3_cpu_s"], 2),
+            fmt_spread(s["peak_rss_MiB"]),
+            fmt_spread(s["kafka_cpu_s"], 2),
+            fmt_spread(s["s3_cpu_s"], 2),
         ]
         for p, s in summary.items()
         if p != "ratios"

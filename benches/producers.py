@@ -59,12 +59,14 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
+    CHUNK_SIZE,
     OMS_CONFIG,
     REPO,
     RESULTS,
     VENV_BIN,
     MeasuredProcess,
     MiB,
+    fmt_spread,
     fmt_table,
     load_now,
     load_service_env,
@@ -84,7 +86,6 @@ from _common import (
 
 KiB = 1 << 10
 GiB = 1 << 30
-CHUNK_SIZE = 512 * KiB
 BENCHES = ("dir", "file")
 PROGRAMS = ("ours", "theirs")
 LABELS = {"ours": "ours", "theirs": "OpenMSIStream 1.8.8"}
@@ -539,13 +540,6 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _fmt(s: dict[str, float] | None, digits: int = 1) -> str:
-    if not s:
-        return "-"
-    m, lo, hi = (round(s[k], digits) for k in ("median", "min", "max"))
-    return f"{m}" if lo == hi else f"{m} ({lo}-{hi})"
-
-
 def print_report(result: dict[str, Any]) -> None:
     ds = result["dataset"]
     print(f"\n=== producers (scale {result['scale']})")
@@ -639,12 +633,12 @@ def print_report(result: dict[str, Any]) -> None:
                     bench,
                     s["label"],
                     f"{s['runs_ok']}/{s['runs']}",
-                    _fmt(s["files_per_s"]),
-                    _fmt(s["throughput_MBps"]),
-                    _fmt(s["cpu_s"], 2),
+                    fmt_spread(s["files_per_s"]),
+                    fmt_spread(s["throughput_MBps"]),
+                    fmt_spread(s["cpu_s"], 2),
                     s.get("cpu_ms_per_file", "-"),
                     s.get("cpu_s_per_GB", "-"),
-                    _fmt(s["peak_rss_MiB"]),
+                    fmt_spread(s["peak_rss_MiB"]),
                 ]
             )
     print()

@@ -70,6 +70,7 @@ from _common import (
     MeasuredProcess,
     MiB,
     delete_bucket,
+    fmt_spread,
     fmt_table,
     list_sizes,
     load_now,
@@ -372,13 +373,6 @@ def summarize(runs: list[dict[str, Any]], counts: list[int]) -> dict[str, Any]:
     return summary
 
 
-def _fmt(s: dict[str, float] | None, digits: int = 1) -> str:
-    if not s:
-        return "-"
-    m, lo, hi = (round(s[k], digits) for k in ("median", "min", "max"))
-    return f"{m}" if lo == hi else f"{m} ({lo}-{hi})"
-
-
 def print_report(result: dict[str, Any]) -> None:
     ds = result["dataset"]
     print(f"\n=== scaling (scale {result['scale']})")
@@ -433,13 +427,13 @@ def print_report(result: dict[str, Any]) -> None:
         [
             n,
             f"{s['runs_ok']}/{s['runs']}",
-            _fmt(s["seconds"], 2),
-            _fmt(s["throughput_MBps"]),
-            _fmt(s["files_per_s"]),
-            _fmt(s["cpu_s"], 2),
-            _fmt(s["peak_rss_max_MiB"]),
-            _fmt(s["peak_rss_sum_MiB"]),
-            _fmt(s["s3_cpu_s"], 2),
+            fmt_spread(s["seconds"], 2),
+            fmt_spread(s["throughput_MBps"]),
+            fmt_spread(s["files_per_s"]),
+            fmt_spread(s["cpu_s"], 2),
+            fmt_spread(s["peak_rss_max_MiB"]),
+            fmt_spread(s["peak_rss_sum_MiB"]),
+            fmt_spread(s["s3_cpu_s"], 2),
         ]
         for n, s in summary.items()
         if n != "ratios"
