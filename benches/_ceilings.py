@@ -14,8 +14,11 @@ uploads them, with its part size and concurrency: a file of at most one part is 
 from the pool of ``--put_workers`` threads (``ProcessorOptions.finish_workers``), a
 bigger one a multipart upload (started and completed from that pool) whose parts go
 through a pool of ``--part_workers`` threads (``--max_parts_in_flight``); every request
-goes through our ``ObjectStore`` with our client settings and carries the same
-CRC64NVME checksums, as the processor's do. No validation afterwards: only the uploads.
+goes through our ``ObjectStore`` with our client settings and the processor's PUT path
+(``direct_put.DirectPut``, botocore's signer and HTTP session without the client's
+per-call work; a snapshot of a package older than it uses boto3's ``put_object``) and
+carries the same CRC64NVME checksums, as the processor's do. No validation afterwards:
+only the uploads.
 
 Both write a JSON result to ``--out``: the seconds of the timed part, this process's
 CPU seconds in it (``getrusage``), and the CPU seconds of the broker and the S3 server
@@ -37,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from _common import CpuMeter, delete_bucket, load_service_env, s3_client, warm_bucket
+from _common import CpuMeter, delete_bucket, load_service_env, s3_client, s3_settings, warm_bucket
 
 
 def _cpu_self() -> float:
@@ -103,6 +106,11 @@ def s3(args: argparse.Namespace) -> dict[str, Any]:
     from s3transfer_stream import _core
     from s3transfer_stream.s3 import ObjectStore
 
+    try:  # the processor's PUT path since it has one (see the module docstring)
+        from s3transfer_stream.direct_put import DirectPut
+    except ImportError:  # a snapshot of an older package
+        DirectPut = None
+
     files: dict[str, int] = json.loads(Path(args.files).read_text())
     root = Path(args.data)
     part = args.part_size
@@ -120,7 +128,11 @@ def s3(args: argparse.Namespace) -> dict[str, Any]:
     bucket = f"bench-ceiling-{uuid.uuid4().hex[:8]}"
     client.create_bucket(Bucket=bucket)
     warm_bucket(client, bucket)
-    store = ObjectStore(client, bucket)
+    connections = args.part_workers + args.put_workers
+    direct = (
+        None if DirectPut is None else DirectPut(client, s3_settings(), max_connections=connections)
+    )
+    store = ObjectStore(client, bucket, direct=direct) if direct else ObjectStore(client, bucket)
     part_pool = ThreadPoolExecutor(args.part_workers, thread_name_prefix="s3-part")
     finish_pool = ThreadPoolExecutor(args.put_workers, thread_name_prefix="s3-finish")
 

@@ -562,14 +562,20 @@ def scan_log(path: Path, limit: int = 8) -> dict[str, Any]:
 # --------------------------------------------------------------------------- S3
 
 
-def s3_client(max_connections: int = 16) -> Any:
-    """A client with our processor's settings (``s3transfer_stream.s3.make_client``)."""
+def s3_settings() -> Any:
+    """The ``[s3]`` settings of the ``local`` config (the services' S3 server)."""
     from s3transfer_stream.config import load_config
-    from s3transfer_stream.s3 import make_client
 
     cfg = load_config("local", require=("s3",))
     assert cfg.s3 is not None
-    return make_client(cfg.s3, max_connections=max_connections)
+    return cfg.s3
+
+
+def s3_client(max_connections: int = 16) -> Any:
+    """A client with our processor's settings (``s3transfer_stream.s3.make_client``)."""
+    from s3transfer_stream.s3 import make_client
+
+    return make_client(s3_settings(), max_connections=max_connections)
 
 
 def list_sizes(client: Any, bucket: str, prefix: str = "") -> dict[str, int]:

@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 from .config import load_config
+from .direct_put import DirectPut
 from .errors import S3TransferStreamError
 from .kafka import create_topic, make_producer
 from .logs import setup_logging
@@ -103,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     options = ProcessorOptions(
         bucket=args.bucket, topic=topic, group_id=f"demo-{uuid.uuid4().hex[:8]}", output_dir=workdir
     )
-    processor = S3TransferStreamProcessor(config, options, ObjectStore(client, args.bucket))
+    processor = S3TransferStreamProcessor(
+        config,
+        options,
+        ObjectStore(client, args.bucket, direct=DirectPut(client, config.s3, max_connections=16)),
+    )
     processor.start()
     deadline = time.monotonic() + 600
     try:

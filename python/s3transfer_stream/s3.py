@@ -24,6 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from . import _core
 from .config import S3Settings
+from .direct_put import DirectPut
 from .errors import TransferError
 from .logs import get_logger
 
@@ -243,6 +244,7 @@ class ObjectStore:
         validate: Validate = "checksum",
         group: str = "",
         member: str = "",
+        direct: DirectPut | None = None,
     ) -> None:
         if validate not in VALIDATE_CHOICES:
             raise ValueError(f"validate must be one of {VALIDATE_CHOICES}, got {validate!r}")
@@ -250,6 +252,7 @@ class ObjectStore:
         self.bucket = bucket
         self.validate = validate
         self.upload_metadata = upload_metadata(group, member)
+        self.direct = direct
         self._lock = threading.Lock()
         # What this server turned out to support; learnt from its answers.
         self.checksum_put = True
@@ -276,13 +279,7 @@ class ObjectStore:
         if self.checksum_put:
             value = b64_crc64(crc64nvme)
             try:
-                r = self.client.put_object(
-                    Bucket=self.bucket,
-                    Key=key,
-                    Body=_body(data),
-                    ChecksumCRC64NVME=value,
-                    **extra,
-                )
+                r = self._put_object(key, data, {**extra, "ChecksumCRC64NVME": value})
                 return _sent(value, r)
             except ClientError as err:
                 if not _unsupported_checksum(err):
@@ -294,8 +291,13 @@ class ObjectStore:
                             "The S3 server does not accept CRC64NVME checksums "
                             f"({describe_client_error(err)}); uploading without them"
                         )
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=_body(data), **extra)
+        self._put_object(key, data, extra)
         return {}
+
+    def _put_object(self, key: str, data: BufferLike, args: dict[str, Any]) -> Mapping[str, Any]:
+        if self.direct is not None:
+            return self.direct.put(self.bucket, key, memoryview(data).cast("B"), _put_headers(args))
+        return self.client.put_object(Bucket=self.bucket, Key=key, Body=_body(data), **args)
 
     def stored_position(self, key: str) -> tuple[str, str] | None:
         """``(ETag, position metadata)`` of the object now stored at ``key``, or None."""
@@ -453,6 +455,25 @@ def _write_extra(position: str, condition: Condition | None) -> dict[str, Any]:
         kind, value = condition
         extra["IfMatch" if kind == "match" else "IfNoneMatch"] = value
     return extra
+
+
+def _put_headers(args: Mapping[str, Any]) -> dict[str, str]:
+    """The headers boto3 sends for these ``put_object`` arguments (of those
+    :meth:`ObjectStore.put` uses)."""
+    headers: dict[str, str] = {}
+    for name, value in args.items():
+        if name == "Metadata":
+            headers.update({f"x-amz-meta-{k}": v for k, v in value.items()})
+        else:
+            headers[_PUT_HEADERS[name]] = value
+    return headers
+
+
+_PUT_HEADERS = {
+    "ChecksumCRC64NVME": "x-amz-checksum-crc64nvme",
+    "IfMatch": "If-Match",
+    "IfNoneMatch": "If-None-Match",
+}
 
 
 def newer_position(stored: str, ours: str) -> bool:

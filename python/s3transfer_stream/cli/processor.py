@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from ..config import load_config
 from ..console import Console
+from ..direct_put import DirectPut
 from ..errors import ConfigError, S3TransferStreamError, TransferError
 from ..health import BrokerProbe
 from ..heartbeats import ConsumedBytes, Heartbeats, processor_counts
@@ -268,7 +269,8 @@ def main(argv: list[str] | None = None, *, stdin: TextIO | None = None) -> int:
             options.decrypt = decrypt_options(args)
             log.info(f"Decrypting {options.topic} with KafkaCrypto node {crypto.node_config}")
         assert config.s3 is not None
-        client = make_client(config.s3, max_connections=options.max_parts_in_flight + 8)
+        connections = options.max_parts_in_flight + 8
+        client = make_client(config.s3, max_connections=connections)
         check_bucket(client, options.bucket)
         admin, refusals = make_admin(config.broker)
         partition_count(
@@ -288,6 +290,7 @@ def main(argv: list[str] | None = None, *, stdin: TextIO | None = None) -> int:
         validate=options.validate,
         group=options.group_id,
         member=member_id(),
+        direct=DirectPut(client, config.s3, max_connections=connections),
     )
     metrics = ProcessorMetrics() if server is not None else None
     beats = heartbeat_options(args)
