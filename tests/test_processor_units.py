@@ -470,6 +470,40 @@ def test_an_abort_that_fails_is_logged_and_the_file_still_recorded_as_failed(
     assert [e.outcome for e in TransferJournal(journal.path.parent, "t", "g").entries] == ["failed"]
 
 
+def test_an_abort_refused_for_a_while_is_tried_again_in_the_same_run(
+    parts: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fault matrix seed 2222741196: the survivor's abort of a dropped file's multipart
+    upload met a few refused connections (botocore's three attempts all failed) and
+    was left "for the next start"; the member then ran on and quit, and the upload
+    stayed open in the bucket. A transient failure must be retried in this run."""
+    store, ledger, up, journal = parts
+    attempts: list[str] = []
+
+    def abort_multipart(key: str, upload_id: str) -> None:
+        attempts.append(upload_id)
+        if len(attempts) <= 2:
+            raise unavailable()
+
+    def upload_part(*_: Any, **__: Any) -> Any:
+        raise denied()
+
+    store.start_multipart = lambda key, **_: "U1"
+    store.upload_part = upload_part
+    store.abort_multipart = abort_multipart
+    data = bytes(range(256)) * (32 << 10)  # 8 MiB
+    msgs = chunks("big.bin", data, 1 << 20)
+    ledger.assigned(0, 0, None)
+    events, _, _ = ledger.feed([(0, i, m) for i, m in enumerate(msgs)])
+    with caplog.at_level(logging.INFO):
+        up.handle(events)
+        wait_until(lambda: ledger.pinned_offsets() == {})  # not held up by the abort
+        wait_until(lambda: len(attempts) == 3)
+    assert attempts == ["U1", "U1", "U1"]
+    assert "Could not abort the multipart upload U1 of t/big.bin" in caplog.text
+    assert [e.outcome for e in TransferJournal(journal.path.parent, "t", "g").entries] == ["failed"]
+
+
 def test_the_upload_bound_counts_bytes_so_many_small_files_go_side_by_side(
     tmp_path: Path,
 ) -> None:

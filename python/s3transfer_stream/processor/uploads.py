@@ -111,6 +111,10 @@ class Uploader(RecordsOutcomes):
         self._finish_pool = ThreadPoolExecutor(
             options.finish_workers, thread_name_prefix="s3-finish"
         )
+        #: Aborts refused for now (S3 unreachable), tried again with back-off one at
+        #: a time, so they take no finishing thread from the files. Its name makes
+        #: ``stop`` wait for it like the finishing threads.
+        self._abort_pool = ThreadPoolExecutor(1, thread_name_prefix="s3-finish-abort")
         #: Files whose upload cannot go on in this run (e.g. the multipart upload
         #: vanished): kept pinned, and listed by ``check``.
         self.held: dict[int, tuple[str, str]] = {}
@@ -525,17 +529,50 @@ class Uploader(RecordsOutcomes):
             self._abort_now(fu.key, upload_id)
 
     def _abort_now(self, key: str, upload_id: str) -> None:
-        """Aborts an upload; a failure is only logged: the upload stays in the
-        record of open uploads, and the next start's sweep aborts it."""
+        """Aborts an upload. One that S3 refuses for now is tried again in the
+        background, with back-off, until it goes through or the run stops; one that
+        cannot go through stays in the record of open uploads, which the next
+        start's sweep aborts. The caller never waits for the retries."""
         try:
             self.store.abort_multipart(key, upload_id)
         except Exception as err:
             if error_code(err) != "NoSuchUpload":  # else aborted already
+                again = is_transient(err) and not self.stopping.is_set()
                 self.log.warning(
                     f"Could not abort the multipart upload {upload_id} of {key}: "
-                    f"{describe_client_error(err)}; the next start cleans it up"
+                    f"{describe_client_error(err)}; "
+                    + ("trying again in the background" if again else "the next start cleans it up")
                 )
+                if again:
+                    try:
+                        self._abort_pool.submit(self._abort_again, key, upload_id)
+                    except RuntimeError:  # shut down meanwhile: left for the next start
+                        pass
                 return
+        if self.open_uploads is not None:
+            self.open_uploads.ended(upload_id)
+
+    def _abort_again(self, key: str, upload_id: str) -> None:
+        def abort() -> None:
+            try:
+                self.store.abort_multipart(key, upload_id)
+            except ClientError as err:
+                if error_code(err) != "NoSuchUpload":
+                    raise
+
+        what = f"aborting the multipart upload {upload_id} of {key}"
+        try:
+            self._retry(what, abort)
+        except ShuttingDown:
+            self.log.info(f"Stopping: {what} is left for the next start")
+            return
+        except Exception as err:
+            self.log.warning(
+                f"Could not abort the multipart upload {upload_id} of {key}: "
+                f"{describe_client_error(err)}; the next start cleans it up"
+            )
+            return
+        self.log.info(f"Aborted the multipart upload {upload_id} of {key}")
         if self.open_uploads is not None:
             self.open_uploads.ended(upload_id)
 
@@ -601,6 +638,7 @@ class Uploader(RecordsOutcomes):
         self.stopping.set()
         self._part_pool.shutdown(wait=False, cancel_futures=True)
         self._finish_pool.shutdown(wait=False, cancel_futures=True)
+        self._abort_pool.shutdown(wait=False, cancel_futures=True)
         # Calls already on the wire end within botocore's timeouts.
         end = time.monotonic() + 15
         for t in threading.enumerate():
