@@ -39,9 +39,10 @@ Per workload, one run of this script:
 
    both processors with ``--n_threads 2`` and the same config file. For (c) and (d) the
    time runs from the process's start until every object is listed with its size
-   (``list_objects_v2`` every 0.25 s); for (a) and (b) it is the transfer alone. Each
-   run records MB/s (10^6 bytes of file data per s), files/s, the CPU seconds of the
-   program (until done and over its life), of the Kafka broker and of the S3 server
+   (``list_objects_v2`` every 0.25 s near the end, less often before:
+   ``_common.next_poll``); for (a) and (b) it is the transfer alone. Each run records
+   MB/s (10^6 bytes of file data per s), files/s, the CPU seconds of the program (until
+   done and over its life), of the Kafka broker and of the S3 server
    (their pids from the pid files of ``services/``), the peak RSS (``VmHWM`` and 50 ms
    samples), the load average; (c) and (d) then have a sample of objects read back and
    compared with the source files (SHA-256);
