@@ -14,6 +14,9 @@ OpenMSIStream 1.8.8 uses, in the same process, on the same bytes:
   search of a list, dict offset -> bytes, then on the last chunk the file built with
   ``bytes +=`` in offset order and its SHA-512); also the same with ``b"".join`` instead of
   ``+=``, to separate the quadratic concatenation from the rest;
+* reassembly of many one-chunk files of 256 KiB (``--small_files``, the ``small`` workload
+  of ``benches/e2e.py``), fed in batches of 64: ours as above vs the same Python path with
+  ``b"".join``, one file at a time;
 * cutting a file into messages: ours ``_core.FileChunker`` (read + hash the file, then
   ``messages()`` in batches of 16) vs the ``UploadDataFile`` path (read in chunk-size
   pieces updating the file hash and one hash per chunk, then for each chunk: read it again,
@@ -205,6 +208,22 @@ def ours_assemble(messages: list[tuple[int, int, bytes]]) -> None:
         raise RuntimeError("assembler did not complete the file")
 
 
+def ours_assemble_many(messages: list[tuple[int, int, bytes]], n_files: int) -> None:
+    """Many files, one chunk each, in batches of ``BATCH`` as the consumer reads them."""
+    asm = make_assembler()
+    complete = 0
+    for i in range(0, len(messages), BATCH):
+        events, _ = asm.add_messages(messages[i : i + BATCH])
+        for ev in events:
+            if ev.kind == "complete":
+                complete += 1
+            elif ev.kind in ("failed", "rejected"):
+                raise RuntimeError(f"assembler: {ev.kind} {ev.reason}")
+        del events
+    if complete != n_files:
+        raise RuntimeError(f"assembler completed {complete} of {n_files} files")
+
+
 def ours_chunk_file(path: Path, subdir: str) -> int:
     from s3transfer_stream import _core
 
@@ -296,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         help="largest file for the quadratic 'bytes +=' path (it takes minutes at 1 GiB)",
     )
     ap.add_argument("--chunker_mib", type=int, default=256)
+    ap.add_argument(
+        "--small_files", type=int, default=1000, help="one-chunk files of 256 KiB reassembled"
+    )
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="small sizes, 1 round (a smoke test)")
     ap.add_argument("--max_load", type=float, default=1.0)
@@ -308,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         args.assemble_mib = [64, 256]
     if args.quick:
         args.decode_mib, args.assemble_mib, args.chunker_mib, args.repeat = 16, [16], 32, 1
+        args.small_files = 64
         args.concat_max_mib = 16
 
     work = Path(tempfile.mkdtemp(prefix="s3ts-bench-micro-"))
@@ -356,6 +379,25 @@ def main(argv: list[str] | None = None) -> int:
                 )
             del values, in_order, shuffled
             path.unlink()
+
+        # many small files, one chunk each (the `small` workload of e2e.py)
+        small: list[bytes] = []
+        for k in range(args.small_files):
+            path = work / f"small_{k:05d}.dat"
+            write_file(path, 256 * 1024)
+            small.extend(encoded_messages(path))
+            path.unlink()
+        small_msgs = [(0, i, v) for i, v in enumerate(small)]
+        benches.append(
+            compare(
+                f"reassemble {args.small_files} one-chunk files of 256 KiB",
+                args.small_files * 256 * 1024,
+                lambda m=small_msgs: ours_assemble_many(m, args.small_files),
+                {"python b''.join": lambda vals=small: [py_assemble([v], join=True) for v in vals]},
+                args.repeat,
+            )
+        )
+        del small, small_msgs
 
         # file chunker
         path = work / "chunker.dat"
