@@ -719,6 +719,21 @@ def processor_exe(program: str) -> Path:
     return oms_python().parent / "S3TransferStreamProcessor"
 
 
+def processor_args(
+    bucket: str, cfg: Path, topic: str, group: str, out: Path, n_threads: int
+) -> list[str]:
+    """The arguments (after the program) that every bench gives either processor; the
+    names are OpenMSIStream's, which ours takes too."""
+    return [
+        bucket,
+        *("--config", str(cfg)),
+        *("--topic_name", topic),
+        *("--consumer_group_id", group),
+        *("--n_threads", str(n_threads)),
+        *("--output_dir", str(out)),
+    ]
+
+
 #: Longest wait between two listings of the bucket while a processor runs.
 MAX_POLL = 2.0
 

@@ -97,6 +97,7 @@ from _common import (
     oms_env,
     oms_python,
     package_versions,
+    processor_args,
     processor_exe,
     produce,
     run_until_objects,
@@ -182,17 +183,7 @@ def processor_argv(
         exe = [str(processor_exe("ours" if program == "ours" else "theirs"))]
     return [
         *exe,
-        bucket,
-        "--config",
-        str(cfg),
-        "--topic_name",
-        topic,
-        "--consumer_group_id",
-        group,
-        "--n_threads",
-        str(n_threads),
-        "--output_dir",
-        str(out),
+        *processor_args(bucket, cfg, topic, group, out, n_threads),
         *(TUNED_ARGS if program == TUNED else []),
     ]
 

@@ -46,6 +46,7 @@ from _common import (
     oms_env,
     oms_python,
     package_versions,
+    processor_args,
     processor_exe,
     run_until_objects,
     s3_client,
@@ -137,21 +138,7 @@ def run_variant(
         exe = [sys.executable, str(BENCHES / "_ours_tuned.py")]
     else:
         exe = [str(processor_exe(program))]
-    argv = [
-        *exe,
-        bucket,
-        "--config",
-        str(cfg),
-        "--topic_name",
-        topic,
-        "--consumer_group_id",
-        group,
-        "--n_threads",
-        "2",
-        "--output_dir",
-        str(out),
-        *extra_args,
-    ]
+    argv = [*exe, *processor_args(bucket, cfg, topic, group, out, 2), *extra_args]
     env = dict(os.environ) if program == "ours" else oms_env()
     env.update(extra_env)
     client.create_bucket(Bucket=bucket)

@@ -80,6 +80,7 @@ from _common import (
     make_dataset,
     now_iso,
     package_versions,
+    processor_args,
     processor_exe,
     produce,
     read_object,
@@ -111,20 +112,7 @@ REVOKED = re.compile(rb"Partitions \[[^\]]*\] of \S+ were reassigned")
 def processor_argv(
     bucket: str, topic: str, group: str, out: Path, cfg: Path, n_threads: int
 ) -> list[str]:
-    return [
-        str(processor_exe("ours")),
-        bucket,
-        "--config",
-        str(cfg),
-        "--topic_name",
-        topic,
-        "--consumer_group_id",
-        group,
-        "--n_threads",
-        str(n_threads),
-        "--output_dir",
-        str(out),
-    ]
+    return [str(processor_exe("ours")), *processor_args(bucket, cfg, topic, group, out, n_threads)]
 
 
 def journaled(out: Path, topic: str, group: str) -> list[tuple[str, str]]:
