@@ -314,6 +314,9 @@ struct FileAssembly {
     parts: BTreeMap<u64, Slot>,
     hashed_upto: u64,
     running: Running,
+    /// The file hash is already proven: a one-chunk file whose verified chunk hash
+    /// is the file hash covers the same bytes, so a second SHA-512 pass is skipped.
+    hash_proven: bool,
     /// Exact Kafka offsets of this file's messages (duplicates included), per partition.
     offsets: BTreeMap<i32, IntervalSet>,
     budget: Arc<MemoryBudget>,
@@ -691,7 +694,7 @@ impl Assembler {
                 return Disposition::Rejected;
             }
         };
-        self.add_chunk(pos, &chunk, out)
+        self.add_verified(pos, &chunk, true, out)
     }
 
     /// A chunk whose data fails its hash. If its file is being received and does
@@ -723,7 +726,19 @@ impl Assembler {
         self.fail(&file, error, pos, out);
     }
 
+    /// Stores a decoded chunk whose hash has not been checked here.
     pub fn add_chunk(&self, pos: Position, chunk: &Chunk<'_>, out: &mut Vec<Event>) -> Disposition {
+        self.add_verified(pos, chunk, false, out)
+    }
+
+    /// `verified`: the chunk's data is known to match its chunk hash.
+    fn add_verified(
+        &self,
+        pos: Position,
+        chunk: &Chunk<'_>,
+        verified: bool,
+        out: &mut Vec<Event>,
+    ) -> Disposition {
         let rel_path = chunk.rel_path();
         loop {
             let (file, created) = match self.lookup(&rel_path, pos, chunk, out) {
@@ -759,7 +774,7 @@ impl Assembler {
                 return Disposition::Rejected;
             }
             let mark = out.len();
-            let result = fa.store(pos, chunk, !created, out);
+            let result = fa.store(pos, chunk, !created, verified, out);
             if created && !matches!(result, Ok(Stored::Deferred)) {
                 out.insert(mark, Event::Started(fa.info.clone()));
             }
@@ -1222,6 +1237,7 @@ impl FileAssembly {
             parts: BTreeMap::new(),
             hashed_upto: 0,
             running: Running::default(),
+            hash_proven: false,
             offsets: BTreeMap::new(),
             budget,
             parts_released: 0,
@@ -1277,6 +1293,7 @@ impl FileAssembly {
         pos: Position,
         chunk: &Chunk<'_>,
         existed: bool,
+        verified: bool,
         out: &mut Vec<Event>,
     ) -> Result<Stored> {
         let i = chunk.chunk_i;
@@ -1332,6 +1349,9 @@ impl FileAssembly {
         self.bytes.insert(start, end).map_err(|_| overlap)?;
         let _ = self.chunks.insert(i, i + 1);
         self.record(pos);
+        if verified && n == 1 && start == 0 && chunk.chunk_hash == &self.info.file_hash {
+            self.hash_proven = true;
+        }
         self.write(start, chunk.data);
         self.advance_hash();
         self.release_complete_parts(out);
@@ -1365,7 +1385,11 @@ impl FileAssembly {
             if local_end <= local {
                 break;
             }
-            self.running.update(&bytes[local..local_end]);
+            if self.hash_proven {
+                self.running.update_crc(&bytes[local..local_end]);
+            } else {
+                self.running.update(&bytes[local..local_end]);
+            }
             self.hashed_upto = k * p + local_end as u64;
         }
         self.forget_done_parts();
@@ -1422,7 +1446,7 @@ impl FileAssembly {
         }
         let running = std::mem::take(&mut self.running);
         let (sha, crc) = running.finish();
-        if sha != self.info.file_hash {
+        if !self.hash_proven && sha != self.info.file_hash {
             out.push(Event::Failed {
                 file: self.info.clone(),
                 error: Error::FileHash { size: total },
@@ -1716,6 +1740,58 @@ mod tests {
         assert_eq!(asm.skip_end(0, 10), Some(13));
         let d = asm.add(Position { partition: 0, offset: 5 }, b"not even msgpack", &mut ev);
         assert_eq!(d, Disposition::Rejected);
+    }
+
+    fn one_chunk(name: &str, file_hash: &[u8; 64], chunk_hash: &[u8; 64], data: &[u8]) -> Vec<u8> {
+        wire::encode(&Chunk {
+            filename: name,
+            file_hash,
+            chunk_hash,
+            chunk_offset_write: 0,
+            chunk_i: 1,
+            n_total_chunks: 1,
+            subdir_str: "",
+            filename_append: "",
+            data,
+            file_mtime: None,
+        })
+    }
+
+    #[test]
+    fn a_one_chunk_file_is_proven_by_its_chunk_hash_and_only_by_a_verified_one() {
+        let asm = Assembler::with_any_part_size(1 << 20);
+        let data = content(3000, 7);
+        let h = sha512(&data);
+        let mut events = Vec::new();
+        // Chunk hash = file hash, data matches: complete, with the CRC of the bytes.
+        asm.add(Position { partition: 0, offset: 0 }, &one_chunk("a", &h, &h, &data), &mut events);
+        let crc = events.iter().find_map(|e| match e {
+            Event::Complete { file, crc64nvme, single: Some(b), .. } if file.filename == "a" => {
+                assert_eq!(b.as_slice(), data.as_slice());
+                Some(*crc64nvme)
+            }
+            _ => None,
+        });
+        assert_eq!(crc, Some(crate::checksum::crc64nvme(&data)));
+        // Same hashes, data altered: the chunk check rejects it; nothing completes.
+        let mut bad = data.clone();
+        bad[100] ^= 1;
+        events.clear();
+        asm.add(Position { partition: 0, offset: 1 }, &one_chunk("b", &h, &h, &bad), &mut events);
+        assert!(!events.iter().any(|e| matches!(e, Event::Complete { .. })));
+        // A self-consistent chunk under another file hash still fails the file hash.
+        events.clear();
+        let hb = sha512(&bad);
+        asm.add(Position { partition: 0, offset: 2 }, &one_chunk("c", &h, &hb, &bad), &mut events);
+        assert!(events.iter().any(|e| matches!(e, Event::Failed { error: Error::FileHash { .. }, .. })));
+        assert!(!events.iter().any(|e| matches!(e, Event::Complete { .. })));
+        // Fed unchecked (add_chunk), altered data under matching hashes is caught by the file hash.
+        events.clear();
+        let message = one_chunk("d", &h, &h, &bad);
+        let chunk = wire::decode_unverified(&message).unwrap_or_else(|e| panic!("{e}"));
+        asm.add_chunk(Position { partition: 0, offset: 3 }, &chunk, &mut events);
+        assert!(events.iter().any(|e| matches!(e, Event::Failed { error: Error::FileHash { .. }, .. })));
+        assert!(!events.iter().any(|e| matches!(e, Event::Complete { .. })));
     }
 
     fn crafted(name: &str, chunk_i: u64, n: u64, offset: u64, data: &[u8]) -> Vec<u8> {

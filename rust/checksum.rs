@@ -87,6 +87,12 @@ impl Running {
         self.len += data.len() as u64;
     }
 
+    /// Feeds the CRC64NVME only: for bytes whose SHA-512 is already known.
+    pub fn update_crc(&mut self, data: &[u8]) {
+        self.crc.update(data);
+        self.len += data.len() as u64;
+    }
+
     pub fn len(&self) -> u64 {
         self.len
     }
