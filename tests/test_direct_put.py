@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
 from faultproxy import FaultProxy
 from s3transfer_stream import _core, direct_put
 from s3transfer_stream.config import S3Settings
@@ -181,6 +181,39 @@ def test_retries_a_503_then_stores(
     proxy.unavailable(times=direct_put.ATTEMPTS)
     err = error_of(lambda: direct.put(bucket, "k2", memoryview(data), {}))
     assert code_and_status(err)[1] == 503 and is_transient(err)
+
+
+def test_a_kept_alive_connection_closed_by_the_server_costs_no_attempt(
+    proxy: FaultProxy,
+    services: dict[str, str],
+    s3_client: Any,
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Seen in CI: the proxy shut its 503 connection when it went back to passing, the
+    pool handed that connection to the third attempt, and the PUT failed with
+    ConnectionClosedError although the server was up. The closing is timed here: the
+    first send after the 503s fails as that one did, then the real server answers."""
+    monkeypatch.setattr(direct_put.time, "sleep", lambda s: None)
+    _, direct = direct_for(settings(services, proxy.url))
+    real_send = direct._send
+    sends: list[str] = []
+
+    def send(url: str, body: memoryview, headers: Any) -> dict[str, Any]:
+        sends.append(proxy.mode)
+        if len(sends) == direct_put.ATTEMPTS:
+            raise ConnectionClosedError(endpoint_url=url)
+        return real_send(url, body, headers)
+
+    monkeypatch.setattr(direct, "_send", send)
+    proxy.unavailable(times=direct_put.ATTEMPTS - 1)
+    data = os.urandom(5000)
+    direct.put(bucket, "k", memoryview(data), {})
+    assert s3_client.get_object(Bucket=bucket, Key="k")["Body"].read() == data
+    assert (
+        len(sends) == direct_put.ATTEMPTS + 1
+        and proxy.requests["status503"] == direct_put.ATTEMPTS - 1
+    )
 
 
 def test_object_store_put_through_the_direct_path(

@@ -26,7 +26,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
-from botocore.exceptions import ClientError, HTTPClientError, SSLError
+from botocore.exceptions import ClientError, ConnectionClosedError, HTTPClientError, SSLError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.httpsession import URLLib3Session
 from botocore.parsers import create_parser
@@ -80,9 +80,19 @@ class DirectPut:
         the ``ClientError``/botocore exception that ``put_object`` would."""
         url = f"{self.endpoint}/{quote(bucket, safe='')}/{quote(key, safe='/~')}"
         attempt = 1
+        stale_retried = False
         while True:
             try:
                 return self._send(url, body, headers)
+            except ConnectionClosedError:
+                # A kept-alive connection the server closed while it sat in the pool
+                # (after an error answer, or idle) fails before any answer; the next
+                # try opens a new one. Once per PUT, so it costs no attempt.
+                if not stale_retried:
+                    stale_retried = False
+                    continue
+                if attempt >= ATTEMPTS:
+                    raise
             except Exception as err:
                 if attempt >= ATTEMPTS or not _retryable(err):
                     raise
