@@ -199,11 +199,11 @@ def test_a_kept_alive_connection_closed_by_the_server_costs_no_attempt(
     real_send = direct._send
     sends: list[str] = []
 
-    def send(url: str, body: memoryview, headers: Any) -> dict[str, Any]:
+    def send(path: str, body: memoryview, headers: Any) -> dict[str, Any]:
         sends.append(proxy.mode)
         if len(sends) == direct_put.ATTEMPTS:
-            raise ConnectionClosedError(endpoint_url=url)
-        return real_send(url, body, headers)
+            raise ConnectionClosedError(endpoint_url=direct.endpoint + path)
+        return real_send(path, body, headers)
 
     monkeypatch.setattr(direct, "_send", send)
     proxy.unavailable(times=direct_put.ATTEMPTS - 1)
@@ -214,6 +214,59 @@ def test_a_kept_alive_connection_closed_by_the_server_costs_no_attempt(
         len(sends) == direct_put.ATTEMPTS + 1
         and proxy.requests["status503"] == direct_put.ATTEMPTS - 1
     )
+
+
+def test_a_server_that_keeps_closing_connections_fails_after_the_attempts(
+    proxy: FaultProxy,
+    services: dict[str, str],
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The free retry for a closed kept-alive connection is one per PUT: a server that
+    resets every connection costs the usual attempts and then the error, not a loop."""
+    sleeps: list[float] = []
+    monkeypatch.setattr(direct_put.time, "sleep", sleeps.append)
+    _, direct = direct_for(settings(services, proxy.url))
+    real_send = direct._send
+    sends: list[str] = []
+
+    def send(path: str, body: memoryview, headers: Any) -> dict[str, Any]:
+        sends.append(path)
+        if len(sends) > 4 * direct_put.ATTEMPTS:
+            pytest.fail(f"{len(sends)} sends for one PUT to a server that resets them all")
+        return real_send(path, body, headers)
+
+    monkeypatch.setattr(direct, "_send", send)
+    proxy.refuse()
+    with pytest.raises(ConnectionClosedError):
+        direct.put(bucket, "k", memoryview(os.urandom(5000)), {})
+    assert len(sends) == direct_put.ATTEMPTS + 1 and len(sleeps) == direct_put.ATTEMPTS - 1
+    assert proxy.connections["refuse"] == len(sends)
+
+
+def test_an_http_proxy_from_the_environment_is_used(
+    proxy: FaultProxy,
+    services: dict[str, str],
+    s3_client: Any,
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With ``HTTP_PROXY`` set the PUT goes through the proxy, as boto3's would (the
+    fault proxy pumps the absolute-form request on to the server, which accepts it)."""
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    _, direct = direct_for(settings(services))
+    data = os.urandom(5000)
+    direct.put(bucket, "via/proxy", memoryview(data), {})
+    assert s3_client.get_object(Bucket=bucket, Key="via/proxy")["Body"].read() == data
+    assert proxy.connections["pass"] >= 1
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    before = proxy.connections["pass"]
+    _, direct = direct_for(settings(services))
+    direct.put(bucket, "not/via/proxy", memoryview(data), {})
+    assert s3_client.get_object(Bucket=bucket, Key="not/via/proxy")["Body"].read() == data
+    assert proxy.connections["pass"] == before
 
 
 def test_object_store_put_through_the_direct_path(
