@@ -1,7 +1,8 @@
 """Micro benchmarks of the Rust core through Python, side by side with the pure-Python path
 OpenMSIStream 1.8.8 uses, in the same process, on the same bytes:
 
-* SHA-512 of 512 KiB blocks: ours ``_core.sha512`` (``ring``: OpenSSL's assembly) vs ``hashlib.sha512``
+* SHA-512 of 512 KiB blocks: ours ``_core.sha512`` (``_core.sha512_backend()``: the OpenSSL
+  ``hashlib`` loaded, or ``ring`` with ``S3TS_SHA512=ring``) vs ``hashlib.sha512``
   (OpenSSL): every path below hashes each byte two or three times, so this bounds them all;
 * decode + verify of chunk messages (512 KiB of data each):
   ours ``_core.decode_chunk(value, verify=True)`` vs ``msgpack.unpackb(raw=True)`` + the
@@ -425,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
                 ["benchmark", "ours MB/s", "Python path", "Python MB/s", "ours / Python"], rows
             )
         )
+        from s3transfer_stream import _core
+
         result = {
             "benchmark": "micro",
             "started": started,
@@ -434,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": machine_info(),
             "versions": package_versions(),
             "measured_package": snapshot,
+            "sha512_backend": _core.sha512_backend(),
             "load_at_start": load_start,
             "load_at_end": load_now(),
             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

@@ -10,6 +10,7 @@ pub mod checksum;
 pub mod chunker;
 pub mod error;
 pub mod intervals;
+pub mod libcrypto;
 pub mod wire;
 
 #[cfg(feature = "python")]

@@ -21,6 +21,7 @@ use crate::assembler::{self, Assembler as RustAssembler, Disposition, Event as R
 use crate::checksum;
 use crate::chunker::{Check, FilePlan, Names};
 use crate::error::Error;
+use crate::libcrypto;
 use crate::wire::{self, Chunk};
 
 /// The classes of `s3transfer_stream.errors` the extension raises, imported
@@ -290,6 +291,35 @@ fn parse_message_key(key: &str) -> Option<(String, u64, u64)> {
 fn sha512<'py>(py: Python<'py>, data: &[u8]) -> Bound<'py, PyBytes> {
     let d = py.detach(|| checksum::sha512(data));
     PyBytes::new(py, &d)
+}
+
+#[pyfunction]
+fn sha512_backend() -> String {
+    checksum::sha512_backend()
+}
+
+/// Hashes with the OpenSSL that `hashlib` loaded, unless `S3TS_SHA512=ring`
+/// (for A/B measurements) or it cannot be found or fails its self-test.
+fn use_the_interpreters_libcrypto(py: Python<'_>) {
+    match std::env::var("S3TS_SHA512").as_deref() {
+        Ok("ring") => return libcrypto::refuse("S3TS_SHA512=ring".to_owned()),
+        Ok("") | Ok("openssl") | Err(_) => {}
+        Ok(other) => {
+            return libcrypto::refuse(format!("S3TS_SHA512={other:?} is neither \"ring\" nor \"openssl\""))
+        }
+    }
+    if let Err(e) = py.import("_hashlib") {
+        return libcrypto::refuse(format!("this Python has no OpenSSL hashlib: {e}"));
+    }
+    let Some(path) = libcrypto::mapped_path() else {
+        return libcrypto::refuse("no libcrypto mapped into the process".to_owned());
+    };
+    match libcrypto::LibCrypto::open(path.as_os_str()) {
+        Ok(lib) => {
+            libcrypto::activate(lib);
+        }
+        Err(why) => libcrypto::refuse(why),
+    }
 }
 
 #[pyfunction]
@@ -876,6 +906,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_message_key, m)?)?;
     m.add_function(wrap_pyfunction!(sha512, m)?)?;
     m.add_function(wrap_pyfunction!(crc64nvme, m)?)?;
+    m.add_function(wrap_pyfunction!(sha512_backend, m)?)?;
+    use_the_interpreters_libcrypto(m.py());
     // `Event`, the union of the event classes, as the stub declares it.
     let py = m.py();
     let event = py

@@ -39,6 +39,7 @@ __all__ = [
     "message_key",
     "parse_message_key",
     "sha512",
+    "sha512_backend",
 ]
 
 #: S3's minimum size of every multipart part but the last (5 MiB).
@@ -128,6 +129,11 @@ def parse_message_key(key: str) -> tuple[str, int, int] | None:
     """``(prefix, chunk_i, n_total_chunks)``, or ``None`` if ``key`` is not a chunk key."""
 
 def sha512(data: bytes) -> bytes: ...
+def sha512_backend() -> str:
+    """Which SHA-512 the core hashes with: ``"OpenSSL (<path of libcrypto>)"``, the
+    library ``hashlib`` loaded, or ``"ring"`` followed by why not OpenSSL (for
+    instance ``S3TS_SHA512=ring``, which keeps to ring for A/B measurements)."""
+
 def crc64nvme(data: bytes) -> int: ...
 
 @final

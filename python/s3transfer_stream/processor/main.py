@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import Consumer, TopicCollection
 from confluent_kafka.admin import AdminClient
 
+from .. import _core
 from ..config import TransferConfig
 from ..errors import ConfigError, TransferError
 from ..journal import TransferJournal
@@ -124,6 +125,7 @@ class S3TransferStreamProcessor:
         )
         for w in self.config.warnings():
             self.log.warning(w)
+        self.log.debug(f"SHA-512 by {_core.sha512_backend()}")
         self.registry.start()
         topic_id = self._topic_id()
         self.ledger.topic_id = self.uploader.topic_id = topic_id
