@@ -5,10 +5,12 @@ retries, conditional writes, validation) reads boto3's answers and errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -165,83 +167,94 @@ def test_unreachable_server_raises_botocores_connection_error(
     assert len(sleeps) == direct_put.ATTEMPTS - 1  # retried as botocore's standard mode
 
 
+@dataclass
+class Proxied:
+    """A DirectPut through the fault proxy, its back-off sleeps recorded instead of
+    slept and its sends (the proxy's mode at each) counted; ``fail_send(n)`` may give
+    an exception for the n-th send to raise instead of sending."""
+
+    direct: DirectPut
+    sleeps: list[float] = dataclasses.field(default_factory=list)
+    sends: list[str] = dataclasses.field(default_factory=list)
+    fail_send: Callable[[int], BaseException | None] = lambda n: None
+
+
+@pytest.fixture
+def proxied(
+    proxy: FaultProxy, services: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Proxied:
+    p = Proxied(direct_for(settings(services, proxy.url))[1])
+    monkeypatch.setattr(direct_put.time, "sleep", p.sleeps.append)
+    real_send = p.direct._send
+
+    def send(path: str, body: memoryview, headers: Any) -> dict[str, Any]:
+        p.sends.append(proxy.mode)
+        if len(p.sends) > 4 * direct_put.ATTEMPTS:
+            pytest.fail(f"{len(p.sends)} sends for one PUT")
+        err = p.fail_send(len(p.sends))
+        if err is not None:
+            raise err
+        return real_send(path, body, headers)
+
+    monkeypatch.setattr(p.direct, "_send", send)
+    return p
+
+
 def test_retries_a_503_then_stores(
-    proxy: FaultProxy,
-    services: dict[str, str],
-    s3_client: Any,
-    bucket: str,
-    monkeypatch: pytest.MonkeyPatch,
+    proxied: Proxied, proxy: FaultProxy, s3_client: Any, bucket: str
 ) -> None:
-    monkeypatch.setattr(direct_put.time, "sleep", lambda s: None)
-    _, direct = direct_for(settings(services, proxy.url))
     proxy.unavailable(times=direct_put.ATTEMPTS - 1)
     data = os.urandom(5000)
-    direct.put(bucket, "k", memoryview(data), {})
+    proxied.direct.put(bucket, "k", memoryview(data), {})
     assert s3_client.get_object(Bucket=bucket, Key="k")["Body"].read() == data
     proxy.unavailable(times=direct_put.ATTEMPTS)
-    err = error_of(lambda: direct.put(bucket, "k2", memoryview(data), {}))
+    err = error_of(lambda: proxied.direct.put(bucket, "k2", memoryview(data), {}))
     assert code_and_status(err)[1] == 503 and is_transient(err)
 
 
 def test_a_kept_alive_connection_closed_by_the_server_costs_no_attempt(
-    proxy: FaultProxy,
-    services: dict[str, str],
-    s3_client: Any,
-    bucket: str,
-    monkeypatch: pytest.MonkeyPatch,
+    proxied: Proxied, proxy: FaultProxy, s3_client: Any, bucket: str
 ) -> None:
     """Seen in CI: the proxy shut its 503 connection when it went back to passing, the
     pool handed that connection to the third attempt, and the PUT failed with
     ConnectionClosedError although the server was up. The closing is timed here: the
     first send after the 503s fails as that one did, then the real server answers."""
-    monkeypatch.setattr(direct_put.time, "sleep", lambda s: None)
-    _, direct = direct_for(settings(services, proxy.url))
-    real_send = direct._send
-    sends: list[str] = []
-
-    def send(path: str, body: memoryview, headers: Any) -> dict[str, Any]:
-        sends.append(proxy.mode)
-        if len(sends) == direct_put.ATTEMPTS:
-            raise ConnectionClosedError(endpoint_url=direct.endpoint + path)
-        return real_send(path, body, headers)
-
-    monkeypatch.setattr(direct, "_send", send)
+    url = proxied.direct.endpoint
+    proxied.fail_send = lambda n: (
+        ConnectionClosedError(endpoint_url=url) if n == direct_put.ATTEMPTS else None
+    )
     proxy.unavailable(times=direct_put.ATTEMPTS - 1)
     data = os.urandom(5000)
-    direct.put(bucket, "k", memoryview(data), {})
+    proxied.direct.put(bucket, "k", memoryview(data), {})
     assert s3_client.get_object(Bucket=bucket, Key="k")["Body"].read() == data
     assert (
-        len(sends) == direct_put.ATTEMPTS + 1
+        len(proxied.sends) == direct_put.ATTEMPTS + 1
         and proxy.requests["status503"] == direct_put.ATTEMPTS - 1
     )
 
 
 def test_a_server_that_keeps_closing_connections_fails_after_the_attempts(
-    proxy: FaultProxy,
-    services: dict[str, str],
-    bucket: str,
-    monkeypatch: pytest.MonkeyPatch,
+    proxied: Proxied, proxy: FaultProxy, bucket: str
 ) -> None:
     """The free retry for a closed kept-alive connection is one per PUT: a server that
-    resets every connection costs the usual attempts and then the error, not a loop."""
-    sleeps: list[float] = []
-    monkeypatch.setattr(direct_put.time, "sleep", sleeps.append)
-    _, direct = direct_for(settings(services, proxy.url))
-    real_send = direct._send
-    sends: list[str] = []
-
-    def send(path: str, body: memoryview, headers: Any) -> dict[str, Any]:
-        sends.append(path)
-        if len(sends) > 4 * direct_put.ATTEMPTS:
-            pytest.fail(f"{len(sends)} sends for one PUT to a server that resets them all")
-        return real_send(path, body, headers)
-
-    monkeypatch.setattr(direct, "_send", send)
-    proxy.refuse()
+    closes every connection costs the usual attempts and then the error, not a loop."""
+    url = proxied.direct.endpoint
+    proxied.fail_send = lambda n: ConnectionClosedError(endpoint_url=url)
     with pytest.raises(ConnectionClosedError):
-        direct.put(bucket, "k", memoryview(os.urandom(5000)), {})
-    assert len(sends) == direct_put.ATTEMPTS + 1 and len(sleeps) == direct_put.ATTEMPTS - 1
-    assert proxy.connections["refuse"] == len(sends)
+        proxied.direct.put(bucket, "k", memoryview(os.urandom(5000)), {})
+    assert len(proxied.sends) == direct_put.ATTEMPTS + 1
+    assert len(proxied.sleeps) == direct_put.ATTEMPTS - 1
+    # The same from a real socket: the proxy resets each connection, which the client
+    # sees while connecting (EndpointConnectionError) or after (ConnectionClosedError).
+    proxied.fail_send = lambda n: None
+    proxied.sends.clear()
+    proxied.sleeps.clear()
+    proxy.refuse()
+    with pytest.raises((ConnectionClosedError, EndpointConnectionError)):
+        proxied.direct.put(bucket, "k", memoryview(os.urandom(5000)), {})
+    assert direct_put.ATTEMPTS <= len(proxied.sends) <= direct_put.ATTEMPTS + 1
+    assert len(proxied.sleeps) == direct_put.ATTEMPTS - 1
+    assert proxy.connections["refuse"] == len(proxied.sends)
 
 
 def test_an_http_proxy_from_the_environment_is_used(
