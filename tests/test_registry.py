@@ -100,6 +100,7 @@ def test_exact_bytes_of_producer_in_progress_and_completed(
         ).encode()
     )
     registry.register_chunk_delivered("y.dat", "y.dat", 2, 1)
+    registry.flush()  # changes reach the files within flush_interval
     completed = tmp_path / "uploaded_to_up.csv"
     assert (
         _bytes(completed)
@@ -114,6 +115,7 @@ def test_exact_bytes_of_producer_in_progress_and_completed(
 def test_empty_set_is_written_as_set_call(tmp_path: Path, frozen_now: None) -> None:
     registry = ProducerRegistry(tmp_path, "up")
     registry.register_started("z.dat", "z.dat", 2)
+    registry.flush()
     assert _data_lines(registry.paths.in_progress) == [
         f"'z.dat';'z.dat';2;0;2;{STAMP};set();{{1, 2}}"
     ]
@@ -367,6 +369,30 @@ def test_cost_per_file_does_not_grow_with_the_table(
         f"d{i % 7}/file_{i:06d}.dat" for i in range(n_files)
     ]
     assert read_table(InProgressRow, registry.paths.in_progress) == []
+
+
+def test_producer_cost_per_file_does_not_grow_with_the_completed_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What DataFileUploadDirectory does for each one-chunk file. Writing both tables at
+    # each start and completion made three writes per file, one of them of the whole
+    # completed table: 19 CPU-ms per file over 1000 files (benches/producers.py).
+    n_files = 2000
+    registry = ProducerRegistry(tmp_path, "up", flush_interval=3600)
+    writes = _count_writes(monkeypatch)
+    for i in range(n_files):
+        rel = f"d{i % 7}/file_{i:06d}.dat"
+        registry.register_started(rel, rel.rsplit("/", 1)[1], 1)
+        registry.register_chunk_delivered(rel, rel.rsplit("/", 1)[1], 1, 1)
+    assert len(writes) <= 2  # the first change of each table (none written before)
+    assert all(registry.is_completed(f"d{i % 7}/file_{i:06d}.dat") for i in range(n_files))
+    registry.close()
+    assert len(writes) <= 4
+    done = read_table(reg.UploadedRow, registry.paths.completed)
+    assert [r.rel_filepath.as_posix() for r in done] == [
+        f"d{i % 7}/file_{i:06d}.dat" for i in range(n_files)
+    ]
+    assert read_table(UploadInProgressRow, registry.paths.in_progress) == []
 
 
 def test_crash_before_the_timer_loses_only_rows_a_restart_restores(tmp_path: Path) -> None:
@@ -708,6 +734,7 @@ def test_producer_registry_completes_and_resumes(tmp_path: Path) -> None:
     resumed.register_chunk_delivered("d/x.dat", "x.dat", 4, 2)
     assert resumed.is_completed("d/x.dat")
     assert resumed.chunks_to_send("d/x.dat") == set()
+    resumed.flush()
     assert read_table(UploadInProgressRow, resumed.paths.in_progress) == []
     (done,) = read_table(reg.UploadedRow, resumed.paths.completed)
     assert (done.filename, done.rel_filepath, done.n_chunks) == ("x.dat", Path("d/x.dat"), 4)
@@ -739,6 +766,7 @@ def test_producer_registry_restart_file_starts_the_file_over(tmp_path: Path) -> 
     assert read_table(UploadInProgressRow, registry.paths.in_progress) == []  # written at once
     registry.register_started("d/x.dat", "x.dat", 3)
     assert registry.chunks_to_send("d/x.dat") == {1, 2, 3}
+    registry.flush()
     (row,) = read_table(UploadInProgressRow, registry.paths.in_progress)
     assert (row.chunks_delivered, row.chunks_to_send) == (set(), {1, 2, 3})
 

@@ -31,11 +31,13 @@ files whose name ends in ".log". (OpenMSIStream's default regex also skips any p
 containing "<any character>log", e.g. catalog.csv; this program does not.)
 
 The registry (upload_to_<topic>_in_progress.csv and uploaded_to_<topic>.csv, in
-OpenMSIStream's format) records a chunk only once the broker acknowledged it. After
-a restart, partly sent files are resumed by sending only their missing chunks (if
+OpenMSIStream's format) records a chunk only once the broker acknowledged it; its
+files are written within 5 s of a change and when the program stops. After a
+restart, partly sent files are resumed by sending only their missing chunks (if
 the file is unchanged; else it is sent again in full); files already uploaded are
 skipped unless they were modified since. Files modified while the program runs are
-sent again in full.
+sent again in full. After a crash, files uploaded in its last seconds may be sent
+again: duplicates the processor recognises.
 
 While running, type "check" (or "c") and Enter for counts of files found, in
 progress and uploaded; "quit" (or "q"), Ctrl-C or SIGTERM stops cleanly: the chunks
