@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import log_ends
 from kafka_fixtures import Record, read_topic
 from s3transfer_stream import _core
 from s3transfer_stream.cli import upload_file
@@ -465,7 +466,11 @@ def test_stop_mid_file_then_resume(
 # --------------------------------------------------------------------------- CLI
 
 
-def _start_cli(root: Path, topic: str, *extra: str) -> subprocess.Popen[str]:
+def _start_cli(
+    root: Path, topic: str, *extra: str, output: Any = subprocess.PIPE
+) -> subprocess.Popen[str]:
+    """``output``: where stdout and stderr go (a pipe is read only at the end, so a
+    program logging more than a pipe holds needs a file)."""
     return subprocess.Popen(
         [
             sys.executable,
@@ -481,8 +486,8 @@ def _start_cli(root: Path, topic: str, *extra: str) -> subprocess.Popen[str]:
             *extra,
         ],
         stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=output,
+        stderr=output,
         text=True,
         env=os.environ.copy(),
     )
@@ -543,3 +548,71 @@ def test_cli_sigterm_stops_cleanly(
     assert "SIGTERM received" in err
     assert "Uploaded 1 file(s)" in err
     assert [r.key for r in read_topic(kafka_bootstrap, topic)] == ["_x.dat_chunk_1_of_1"]
+
+
+def _whole(entries: list[tuple[Record, Any]], source: bytes) -> bool:
+    """Whether the chunks in ``entries`` (duplicates allowed) make up ``source``."""
+    by_index = {chunk.chunk_i: chunk for _, chunk in entries}
+    n_total = entries[0][1].n_total_chunks
+    if set(by_index) != set(range(1, n_total + 1)):
+        return False
+    ordered = sorted(by_index.values(), key=lambda c: c.chunk_offset_write)
+    return b"".join(bytes(c.data) for c in ordered) == source
+
+
+def test_cli_killed_mid_run_then_restarted_loses_no_file(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """SIGKILL while files are being sent and completed (the registry's latest rows only
+    in memory: they reach its files within 5 s), then a restart on the same directory:
+    every file ends up whole in the topic and as uploaded in the registry; the files of
+    the killed run's last seconds may have been sent twice."""
+    topic = new_topic(3)
+    root = tmp_path / "watched"
+    sources = {
+        f"d{i % 4}/f{i:04d}.dat": _data(CHUNK * (i % 3) + 100 + i, 30 + i) for i in range(1500)
+    }
+    for rel, data in sources.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    first_log = (tmp_path / "first.log").open("w")
+    first = _start_cli(root, topic, "--upload_existing", "--update_seconds", "-1", output=first_log)
+    try:
+        _wait(lambda: sum(log_ends(kafka_bootstrap, topic).values()) >= 200, 60, "200 messages")
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    sent_before = set(_by_file(read_topic(kafka_bootstrap, topic)))
+    assert 0 < len(sent_before) < len(sources), "killed before the end, else this shows nothing"
+
+    first_log.close()
+    second_log = (tmp_path / "second.log").open("w")
+    second = _start_cli(
+        root, topic, "--upload_existing", "--update_seconds", "-1", output=second_log
+    )
+    logs = root / "LOGS"
+    try:
+        _wait(
+            lambda: len(read_table(UploadedRow, logs / f"uploaded_to_{topic}.csv")) >= len(sources),
+            120,
+            "every file in the registry as uploaded",
+        )
+        assert second.stdin is not None
+        second.stdin.write("quit\n")
+        second.stdin.flush()
+        second.communicate(timeout=60)
+    finally:
+        if second.poll() is None:
+            second.kill()
+        second_log.close()
+    err = (tmp_path / "second.log").read_text()
+    assert second.returncode == 0, err[-3000:]
+    assert "Traceback" not in err
+    uploaded = read_table(UploadedRow, logs / f"uploaded_to_{topic}.csv")
+    assert {r.rel_filepath.as_posix() for r in uploaded} == set(sources)
+    assert read_table(UploadInProgressRow, logs / f"upload_to_{topic}_in_progress.csv") == []
+    files = _by_file(read_topic(kafka_bootstrap, topic))
+    assert set(files) == set(sources)
+    assert [rel for rel, data in sources.items() if not _whole(files[rel], data)] == []
