@@ -11,6 +11,7 @@ pub mod chunker;
 pub mod error;
 pub mod intervals;
 pub mod libcrypto;
+pub mod sha512x8;
 pub mod wire;
 
 #[cfg(feature = "python")]
