@@ -298,6 +298,11 @@ fn sha512_backend() -> String {
     checksum::sha512_backend()
 }
 
+#[pyfunction]
+fn sha512_lanes() -> usize {
+    crate::sha512x8::lanes()
+}
+
 /// Hashes with the OpenSSL that `hashlib` loaded, unless `S3TS_SHA512=ring`
 /// (for A/B measurements) or it cannot be found or fails its self-test.
 fn use_the_interpreters_libcrypto(py: Python<'_>) {
@@ -907,6 +912,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sha512, m)?)?;
     m.add_function(wrap_pyfunction!(crc64nvme, m)?)?;
     m.add_function(wrap_pyfunction!(sha512_backend, m)?)?;
+    m.add_function(wrap_pyfunction!(sha512_lanes, m)?)?;
     use_the_interpreters_libcrypto(m.py());
     // `Event`, the union of the event classes, as the stub declares it.
     let py = m.py();

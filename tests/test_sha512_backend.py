@@ -53,3 +53,52 @@ def test_s3ts_sha512_ring_keeps_to_ring_and_a_wrong_value_is_named() -> None:
 def test_this_process_agrees_with_hashlib() -> None:
     data = os.urandom(1 << 20)
     assert _core.sha512(data) == hashlib.sha512(data).digest(), _core.sha512_backend()
+
+
+LANES_PROBE = """
+import hashlib, os
+from s3transfer_stream import _core
+# One file of 24 chunks: the chunk checks of a batch go through the lanes when
+# there are any; every digest must still be hashlib's.
+data = os.urandom(24 * 4096 + 77)
+asm = _core.Assembler._with_tiny_parts(1 << 20)
+msgs = []
+for i in range(25):
+    piece = data[i * 4096:(i + 1) * 4096]
+    msgs.append((0, i, _core.encode_chunk(
+        "f.bin", hashlib.sha512(data).digest(), hashlib.sha512(piece).digest(),
+        i * 4096, i + 1, 25, "", "", piece)))
+bad = bytearray(msgs[3][2]); bad[-12] ^= 1
+events, _ = asm.add_messages(msgs[:7] + [(1, 0, bytes(bad))] + msgs[7:])
+kinds = sorted(e.kind for e in events)
+print(_core.sha512_lanes(), kinds)
+"""
+
+
+def avx512f() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            return any(line.startswith("flags") and " avx512f" in line for line in fh)
+    except OSError:
+        return False
+
+
+def lanes_probe(value: str | None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "S3TS_SHA512_LANES"}
+    if value is not None:
+        env["S3TS_SHA512_LANES"] = value
+    done = subprocess.run(
+        [sys.executable, "-c", LANES_PROBE], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_chunk_checks_use_the_lanes_where_the_cpu_has_them_and_the_override_keeps_to_one() -> None:
+    """The same batch (a file of 25 chunks and a corrupted copy of one of them) gives the
+    same events through the lanes and one by one: the corrupted copy of a chunk the file
+    already holds is rejected, the file completes."""
+    expected = "['complete', 'rejected', 'started']"
+    on = lanes_probe(None)
+    assert on == f"{8 if avx512f() else 1} {expected}", on
+    assert lanes_probe("1") == f"1 {expected}"

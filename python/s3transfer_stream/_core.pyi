@@ -40,6 +40,7 @@ __all__ = [
     "parse_message_key",
     "sha512",
     "sha512_backend",
+    "sha512_lanes",
 ]
 
 #: S3's minimum size of every multipart part but the last (5 MiB).
@@ -133,6 +134,10 @@ def sha512_backend() -> str:
     """Which SHA-512 the core hashes with: ``"OpenSSL (<path of libcrypto>)"``, the
     library ``hashlib`` loaded, or ``"ring"`` followed by why not OpenSSL (for
     instance ``S3TS_SHA512=ring``, which keeps to ring for A/B measurements)."""
+
+def sha512_lanes() -> int:
+    """How many chunk checks one SHA-512 pass hashes: 8 in the lanes of AVX-512 (after a
+    self-test against ring), or 1 (no AVX-512F, or ``S3TS_SHA512_LANES=1``)."""
 
 def crc64nvme(data: bytes) -> int: ...
 

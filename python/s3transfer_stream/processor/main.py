@@ -125,7 +125,9 @@ class S3TransferStreamProcessor:
         )
         for w in self.config.warnings():
             self.log.warning(w)
-        self.log.debug(f"SHA-512 by {_core.sha512_backend()}")
+        self.log.debug(
+            f"SHA-512 by {_core.sha512_backend()}; chunk checks {_core.sha512_lanes()} at a time"
+        )
         self.registry.start()
         topic_id = self._topic_id()
         self.ledger.topic_id = self.uploader.topic_id = topic_id
