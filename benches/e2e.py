@@ -389,6 +389,7 @@ STATS = (
     "peak_rss_MiB",
     "kafka_cpu_s",
     "s3_cpu_s",
+    "cpu_s_at_listening_line",
 )
 
 
@@ -407,6 +408,18 @@ def summarize(runs: list[dict[str, Any]], n_files: int, total: int) -> dict[str,
             med = s["cpu_s"]["median"]
             s["cpu_ms_per_file"] = round(1000 * med / n_files, 3)
             s["cpu_s_per_GB"] = round(med / (total / 1e9), 2)
+        # The CPU of the transfers alone: each run's CPU until done less its
+        # start-up's (until the listening line), which does not grow with the files.
+        after = [
+            r["cpu_s_at_done"] - r["cpu_s_at_listening_line"]
+            for r in ok
+            if r.get("cpu_s_at_done") is not None and r.get("cpu_s_at_listening_line") is not None
+        ]
+        if after:
+            s["cpu_s_after_listening"] = spread(after)
+            med_after = s["cpu_s_after_listening"]["median"]
+            s["cpu_ms_per_file_after_listening"] = round(1000 * med_after / n_files, 3)
+            s["cpu_s_per_GB_after_listening"] = round(med_after / (total / 1e9), 2)
         summary[program] = s
 
     def med(program: str, key: str) -> float | None:
@@ -523,6 +536,8 @@ def print_report(result: dict[str, Any]) -> None:
         "CPU s (until done)",
         "CPU ms/file",
         "CPU s/GB",
+        "start-up CPU s",
+        "CPU ms/file, CPU s/GB after start-up",
         "peak RSS MiB",
         "Kafka CPU s",
         "S3 server CPU s",
@@ -536,6 +551,10 @@ def print_report(result: dict[str, Any]) -> None:
             fmt_spread(s["cpu_s"], 2),
             s.get("cpu_ms_per_file", "-"),
             s.get("cpu_s_per_GB", "-"),
+            fmt_spread(s["cpu_s_at_listening_line"], 2),
+            f"{s['cpu_ms_per_file_after_listening']}, {s['cpu_s_per_GB_after_listening']}"
+            if "cpu_ms_per_file_after_listening" in s
+            else "-",
             fmt_spread(s["peak_rss_MiB"]),
             fmt_spread(s["kafka_cpu_s"], 2),
             fmt_spread(s["s3_cpu_s"], 2),
