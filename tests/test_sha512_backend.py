@@ -25,15 +25,21 @@ print(_core.sha512_backend(), ok)
 """
 
 
-def probe(value: str | None) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "S3TS_SHA512"}
+def run_probe(script: str, var: str, value: str | None) -> str:
+    """What ``script`` prints in a fresh interpreter with ``var`` set to ``value``
+    (unset for None): the core reads both variables once, at import."""
+    env = {k: v for k, v in os.environ.items() if k != var}
     if value is not None:
-        env["S3TS_SHA512"] = value
+        env[var] = value
     done = subprocess.run(
-        [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
+
+
+def probe(value: str | None) -> str:
+    return run_probe(PROBE, "S3TS_SHA512", value)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="found through /proc/self/maps")
@@ -84,14 +90,7 @@ def avx512f() -> bool:
 
 
 def lanes_probe(value: str | None) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "S3TS_SHA512_LANES"}
-    if value is not None:
-        env["S3TS_SHA512_LANES"] = value
-    done = subprocess.run(
-        [sys.executable, "-c", LANES_PROBE], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
+    return run_probe(LANES_PROBE, "S3TS_SHA512_LANES", value)
 
 
 def test_chunk_checks_use_the_lanes_where_the_cpu_has_them_and_the_override_keeps_to_one() -> None:
