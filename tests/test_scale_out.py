@@ -172,11 +172,13 @@ def test_survivors_finish_the_files_of_a_killed_member(
     # The survivors took over the victim's partitions (after its session timed out).
     taken_over = sum(r.stderr().count("resuming at offset") for r in survivors)
     assert taken_over >= 1
-    done = transferred(runs)
-    assert set(done) == set(files)
     # The journals hold what the transfer lines say, member by member, and nothing was
     # given up; the survivors committed the victim's partitions to their ends too.
     journals = journaled(tmp_path, topic, group, 3)
+    # A file the victim journaled (and committed past) just before the kill has no
+    # transfer line anywhere: the survivors rightly skip it (CI run of b606e50).
+    done = transferred(runs)
+    assert set(done) | {rel for rel, _ in journals[1]} == set(files)
     for i in (0, 2):
         assert sorted(m.group(1) for m in TRANSFER.finditer(runs[i].stderr())) == sorted(
             rel for rel, _ in journals[i]
