@@ -270,6 +270,19 @@ class FaultProxy:
         """Requests answered with AccessDenied (the name the older S3Proxy had)."""
         return self.requests["deny"]
 
+    def wait_closed(self, timeout: float = 5.0) -> None:
+        """Waits until no connection is being served: every socket a mode change shut
+        down has been closed by its thread, so the client's side already sees the end."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                busy = [t for t in self._threads if t.is_alive()]
+            if not busy:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(busy)} proxy connections still served")
+            busy[0].join(max(0.0, deadline - time.monotonic()))
+
     @property
     def open_connections(self) -> int:
         with self._lock:

@@ -218,11 +218,19 @@ def test_a_kept_alive_connection_closed_by_the_server_costs_no_attempt(
     """Seen in CI: the proxy shut its 503 connection when it went back to passing, the
     pool handed that connection to the third attempt, and the PUT failed with
     ConnectionClosedError although the server was up. The closing is timed here: the
-    first send after the 503s fails as that one did, then the real server answers."""
+    first send after the 503s fails as that one did, then the real server answers. That
+    send waits until the proxy has closed its 503 connection, so the pool sees it closed
+    and does not hand it out again (otherwise the real send could race the proxy's close
+    and meet the same error a second time, as it once did in CI)."""
     url = proxied.direct.endpoint
-    proxied.fail_send = lambda n: (
-        ConnectionClosedError(endpoint_url=url) if n == direct_put.ATTEMPTS else None
-    )
+
+    def fail_send(n: int) -> BaseException | None:
+        if n != direct_put.ATTEMPTS:
+            return None
+        proxy.wait_closed()
+        return ConnectionClosedError(endpoint_url=url)
+
+    proxied.fail_send = fail_send
     proxy.unavailable(times=direct_put.ATTEMPTS - 1)
     data = os.urandom(5000)
     proxied.direct.put(bucket, "k", memoryview(data), {})
