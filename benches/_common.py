@@ -787,23 +787,24 @@ def run_until_objects(
     wait = poll
     listings = 0
     cpu_ready = None
+
+    def ready() -> bool:
+        """Records the time, CPU and RSS at the listening line the first time it is seen."""
+        nonlocal t_ready, cpu_ready, rss_ready
+        if t_ready is None and READY_LINE in log_path.read_bytes():
+            t_ready, cpu_ready, rss_ready = mp.elapsed(), mp.cpu_now(), _tree_sample(mp.ps)[0]
+        return t_ready is not None
+
     try:
         # Until the listening line, watch the log closely (reading it is cheap, a
         # listing is not): the CPU and RSS there are start-up's, not the transfers'.
         # A program that never prints it is measured by the listings alone.
         close_watch = min(deadline, time.monotonic() + READY_WAIT)
-        while mp.alive() and time.monotonic() < close_watch:
-            if READY_LINE in log_path.read_bytes():
-                t_ready = mp.elapsed()
-                cpu_ready = mp.cpu_now()
-                rss_ready = _tree_sample(mp.ps)[0]
-                break
+        while mp.alive() and time.monotonic() < close_watch and not ready():
             time.sleep(READY_POLL)
         while True:
             time.sleep(wait)
-            if t_ready is None and READY_LINE in log_path.read_bytes():
-                t_ready = mp.elapsed()
-                rss_ready = _tree_sample(mp.ps)[0]
+            ready()
             listed = list_sizes(client, bucket, prefix=prefix)
             listings += 1
             if listed and t_first is None:
