@@ -323,7 +323,26 @@ def test_crash_matrix_loses_nothing_and_rereads_little(
         got = read_object(s3_client, bucket, f"{topic}/{rel}")
         assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest(), rel
     assert list_objects(s3_client, bucket) == expected  # nothing extra
-    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    left = s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    if left:
+        # Which run started (or mentioned) each upload left open, for the report.
+        seen = {
+            u["UploadId"]: [
+                f"{path.name}: {line.strip()}"
+                for path in sorted(tmp_path.glob("processor-*.stderr"))
+                for line in path.read_text(errors="replace").splitlines()
+                if u["UploadId"] in line or (u["Key"] in line and "upload" in line)
+            ][-20:]
+            for u in left
+        }
+        records = {
+            path.name: path.read_text(errors="replace")
+            for path in sorted((out / "LOGS").glob("*.jsonl"))
+        }
+        raise AssertionError(
+            f"multipart uploads left open: {left}\nlog lines: {seen}\nrecords: {records}\n"
+            + "\n".join(reports)
+        )
 
     logs = out / "LOGS"
     processed = read_table(ProcessedRow, logs / f"processed_from_{topic}_by_{group}.csv")

@@ -156,9 +156,19 @@ def test_stall_times_out_and_allow_closes_the_stalled_connections(
     assert proxy.requests["stall"] == 1  # the whole request, body included, was read
     took, err = timed(lambda: get(client, bucket, "k"))
     assert isinstance(err, ReadTimeoutError) and took < 4, repr(err)
+    # botocore closes a connection that timed out, so hold one open by hand: the proxy must
+    # keep it (swallowing its request) until stall is left, then close it.
+    held = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+    held.sendall(f"GET /{bucket}/k HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    deadline = time.monotonic() + 5
+    while proxy.requests["stall"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proxy.requests["stall"] == 3
     assert proxy.open_connections >= 1
     proxy.allow()
     assert proxy.open_connections == 0  # stalled connections are closed on leaving stall
+    assert held.recv(1) == b""  # closed, with nothing answered
+    held.close()
     put(client, bucket, "k", b"after")
     assert get(client, bucket, "k") == b"after"
 

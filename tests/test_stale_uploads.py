@@ -247,6 +247,74 @@ def test_only_our_own_left_open_uploads_are_aborted(
     assert c.get_object(Bucket=bucket, Key="t/x.dat")["Body"].read() == b"live"
 
 
+def test_record_keeps_unanswered_starts_until_settled(tmp_path: Path) -> None:
+    path = tmp_path / "open_uploads_t_g.0.jsonl"
+    with OpenUploads(path) as rec:
+        answered = rec.starting("t/a.dat", bucket="b")
+        rec.started("t/a.dat", "id-a", bucket="b", token=answered)
+        rec.starting("t/b.dat", bucket="b")  # killed before the answer was recorded
+        assert rec.left_unrecorded() == []  # nothing of an earlier run
+    with OpenUploads(path) as rec:
+        [intent] = rec.left_unrecorded()
+        assert (intent.key, intent.bucket) == ("t/b.dat", "b")
+        assert [u.upload_id for u in rec.left_open()] == ["id-a"]
+        text = path.read_text()  # rewritten at load: the open upload and the intent only
+        assert text.count('"ev":"starting"') == 1 and text.count('"ev":"started"') == 1
+    # A process that died with the intent: the next one adopts it.
+    with OpenUploads.claim(tmp_path, "open_uploads_t_g") as rec:
+        assert [i.token for i in rec.left_unrecorded()] == [intent.token]
+
+
+@pytest.mark.integration
+def test_uploads_of_a_start_that_was_never_recorded_are_aborted(
+    s3_client: Any, new_bucket: Callable[[], str], tmp_path: Path
+) -> None:
+    """Issue 8's CI, crash matrix: a run killed between CreateMultipartUpload's
+    answer and its record line left an upload nobody ever aborted."""
+    bucket = new_bucket()
+    c = s3_client
+    # Someone's upload of the key from well before the start (its window is long gone).
+    with OpenUploads.claim(tmp_path, "open_uploads_t_g") as earlier:
+        earlier.starting("t/x.dat", bucket=bucket)
+        orphan = _start(c, bucket, "t/x.dat")  # the answer that was never recorded
+    # Another member's live uploads: one of the same key with a part, one of another key.
+    live_same_key = _start(c, bucket, "t/x.dat")
+    live_parts = [_part(c, bucket, "t/x.dat", live_same_key, b"live")]
+    other_key = _start(c, bucket, "t/y.dat")
+    rec = OpenUploads.claim(tmp_path, "open_uploads_t_g")
+    got = rec.sweep(c, bucket, "t/", older_than_seconds=3600)
+    assert [(a.key, a.upload_id) for a in got] == [("t/x.dat", orphan)]
+    assert "died before recording it" in got[0].why
+    assert _aborted(c, bucket, "t/x.dat", orphan)
+    assert _open_ids(c, bucket) == {live_same_key, other_key}
+    assert rec.left_unrecorded() == []
+    rec.close()
+    with OpenUploads.claim(tmp_path, "open_uploads_t_g") as rec:
+        assert rec.left_unrecorded() == []  # settled for good
+    c.complete_multipart_upload(
+        Bucket=bucket, Key="t/x.dat", UploadId=live_same_key, MultipartUpload={"Parts": live_parts}
+    )
+
+
+@pytest.mark.integration
+def test_an_unrecorded_start_spares_uploads_outside_its_time_bound(
+    s3_client: Any, new_bucket: Callable[[], str], tmp_path: Path
+) -> None:
+    bucket = new_bucket()
+    c = s3_client
+    before = _start(c, bucket, "t/x.dat")  # initiated before the intent (by someone else)
+    path = tmp_path / "open_uploads_t_g.0.jsonl"
+    at = datetime.now(UTC) + timedelta(seconds=30)  # as if the start came later
+    path.write_text(
+        f'{{"ev":"starting","key":"t/x.dat","at":"{at.isoformat()}","bucket":"{bucket}",'
+        '"tok":"ab"}\n'
+    )
+    with OpenUploads.claim(tmp_path, "open_uploads_t_g") as rec:
+        assert rec.sweep(c, bucket, "t/", older_than_seconds=3600) == []
+    assert _open_ids(c, bucket) == {before}
+    c.abort_multipart_upload(Bucket=bucket, Key="t/x.dat", UploadId=before)
+
+
 @pytest.mark.integration
 def test_old_idle_uploads_of_members_that_are_gone_are_aborted(
     s3_client: Any, new_bucket: Callable[[], str], caplog: pytest.LogCaptureFixture

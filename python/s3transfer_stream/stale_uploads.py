@@ -67,11 +67,18 @@ behind. They are cleaned in three layers, from exact to blunt:
    lifecycle worker job, not on the S3 gateway itself, so on a SeaweedFS
    deployment check that the worker runs.
 
-What is not covered by (1): a crash between CreateMultipartUpload's answer and
-the fsync of the record line leaves an upload nobody recorded; (2) or (3)
-removes it.
+The id of an upload is known only once CreateMultipartUpload answers, so (1)
+records an *intent* first: key and time, fsynced before each attempt of the call.
+A run that dies between the answer and the record line (or whose call failed
+after the server had created the upload) leaves an intent without an upload id;
+the next start aborts the uploads of exactly that key initiated within the call's
+time bound (:data:`CREATE_CALL_SECONDS`) that have no part: ours sends its first
+part only after recording the id, so an upload with a part belongs to someone
+else. The same record is used when a member aborts uploads of another member
+that it found for a file it has just transferred: each is recorded before its
+abort, so a crash in the middle leaves it to the next start, not to (2).
 
-About 600 lines, a sixth of them this explanation: the record and the sweep are
+About 700 lines, a sixth of them this explanation: the record and the sweep are
 two halves of one job (the sweep aborts what the record says is ours).
 """
 
@@ -121,6 +128,23 @@ class LeftOpen:
     bucket: str = ""
 
 
+@dataclass(frozen=True)
+class Unrecorded:
+    """A CreateMultipartUpload a run began and whose answer it never recorded."""
+
+    key: str
+    #: Just before the attempt, on our clock, UTC.
+    at: datetime
+    bucket: str = ""
+    #: Ties the attempt to the ``started`` line that records its answer.
+    token: str = ""
+
+
+#: How long after its intent line one CreateMultipartUpload attempt can still
+#: create an upload: botocore's 3 tries of 10 s connect and 60 s read, with back-off.
+CREATE_CALL_SECONDS = 300.0
+
+
 class Aborted(NamedTuple):
     key: str
     upload_id: str
@@ -140,6 +164,9 @@ class SweepResult(list[Aborted]):
         self.complete = False
         self.failed: set[str] = set()
         self.seen: set[str] = set()
+        #: An upload that an unrecorded attempt may have made could not be checked
+        #: or aborted: the intents are kept for the next sweep.
+        self.unrecorded_unsettled = False
 
 
 def _utc(value: datetime) -> datetime:
@@ -158,9 +185,11 @@ def _fsync_dir(path: Path) -> None:
 class OpenUploads:
     """The durable record of the multipart uploads one process has open.
 
-    One JSON line per event, appended and fsynced: ``started`` (key, upload id,
-    when, bucket) after CreateMultipartUpload answered and before the first part,
-    ``ended`` (upload id) after it was completed or aborted. The process holds an
+    One JSON line per event, appended and fsynced: ``starting`` (key, when,
+    bucket, token) before each CreateMultipartUpload attempt, ``started`` (key,
+    upload id, when, bucket, token) after it answered and before the first part,
+    ``ended`` (upload id) after it was completed or aborted, ``settled`` (token)
+    once a sweep has dealt with an attempt that was never answered. The process holds an
     exclusive lock (``<path>.lock``, ``flock``) for as long as the object is open,
     so no other process reads its uploads as left open; the kernel releases it
     when the process dies, however it dies.
@@ -182,8 +211,9 @@ class OpenUploads:
         self._lines = 0
         self._fh: Any = None
         try:
-            self._open: dict[str, LeftOpen] = _read_record(self.path, self._log)
+            self._open, self._pending = _read_record(self.path, self._log)
             self._earlier: dict[str, LeftOpen] = dict(self._open)
+            self._earlier_pending: dict[str, Unrecorded] = dict(self._pending)
             self._rewrite()
         except BaseException:
             self.close()
@@ -228,22 +258,27 @@ class OpenUploads:
         if fd is None:
             return  # a live process's record
         try:
-            found = _read_record(other, self._log)
+            found, pending = _read_record(other, self._log)
             with self._mutex:
                 for up in found.values():
                     if up.upload_id not in self._open:
                         self._open[up.upload_id] = up
                         self._earlier[up.upload_id] = up
                         self._append(_started_line(up), sync=False)
+                for tok, intent in pending.items():
+                    if tok not in self._pending:
+                        self._pending[tok] = intent
+                        self._earlier_pending[tok] = intent
+                        self._append(_starting_line(intent), sync=False)
                 self._fh.flush()
                 os.fsync(self._fh.fileno())
             # Only once our copy is durable.
             other.unlink(missing_ok=True)
             _fsync_dir(other.parent)
-            if found:
+            if found or pending:
                 self._log.info(
-                    f"Took over {len(found)} open multipart upload(s) recorded by a process "
-                    f"that ended ({other})"
+                    f"Took over {len(found)} open multipart upload(s) and {len(pending)} "
+                    f"unanswered start(s) recorded by a process that ended ({other})"
                 )
         finally:
             os.close(fd)  # the lock file stays: deleting it would race with others
@@ -255,10 +290,24 @@ class OpenUploads:
         with self._mutex:
             return sorted(self._earlier.values(), key=lambda u: (u.initiated, u.upload_id))
 
+    def left_unrecorded(self) -> list[Unrecorded]:
+        """Upload starts of earlier runs whose answer was never recorded."""
+        with self._mutex:
+            return sorted(self._earlier_pending.values(), key=lambda u: (u.at, u.token))
+
     def open_now(self) -> list[LeftOpen]:
         """Every upload recorded as open, this run's and earlier runs'."""
         with self._mutex:
             return list(self._open.values())
+
+    def starting(self, key: str, *, bucket: str = "") -> str:
+        """Records that an upload of ``key`` is about to be started; call before
+        each CreateMultipartUpload attempt and pass the token to :meth:`started`."""
+        intent = Unrecorded(key, datetime.now(UTC), bucket, os.urandom(8).hex())
+        with self._mutex:
+            self._pending[intent.token] = intent
+            self._append(_starting_line(intent))
+        return intent.token
 
     def started(
         self,
@@ -267,12 +316,15 @@ class OpenUploads:
         initiated_time: datetime | None = None,
         *,
         bucket: str = "",
+        token: str = "",
     ) -> None:
-        """Records an upload as open; call before its first part is sent."""
+        """Records an upload as open; call before its first part is sent. Also for
+        an upload of someone else that this process is about to abort."""
         up = LeftOpen(key, upload_id, _utc(initiated_time or datetime.now(UTC)), bucket)
         with self._mutex:
             self._open[upload_id] = up
-            self._append(_started_line(up))
+            self._pending.pop(token, None)
+            self._append(_started_line(up, token))
 
     def ended(self, upload_id: str) -> None:
         """Records an upload as completed or aborted (or found gone)."""
@@ -282,7 +334,7 @@ class OpenUploads:
             del self._open[upload_id]
             self._earlier.pop(upload_id, None)
             self._append(json.dumps({"ev": "ended", "id": upload_id}))
-            if self._lines > 1000 and self._lines > 4 * len(self._open):
+            if self._lines > 1000 and self._lines > 4 * (len(self._open) + len(self._pending)):
                 self._rewrite()
 
     def sweep(
@@ -295,18 +347,25 @@ class OpenUploads:
         log: logging.Logger | None = None,
         page_size: int = PAGE_SIZE,
     ) -> SweepResult:
-        """:func:`abort_stale_uploads` with this record's left-open uploads, then
-        forgets those that are settled: aborted, or no longer on the server
-        (completed or aborted before the crash was recorded). Uploads recorded
+        """:func:`abort_stale_uploads` with this record's left-open uploads and
+        unanswered starts, then forgets those that are settled: aborted, or no
+        longer on the server (completed or aborted before the crash was recorded),
+        or, for a start, every upload it may have made dealt with. Uploads recorded
         for another bucket or outside ``prefix`` are kept for a sweep there."""
         mine = [
             u for u in self.left_open() if u.bucket in ("", bucket) and u.key.startswith(prefix)
+        ]
+        intents = [
+            u
+            for u in self.left_unrecorded()
+            if u.bucket in ("", bucket) and u.key.startswith(prefix)
         ]
         result = abort_stale_uploads(
             client,
             bucket,
             prefix,
             own_left_open={u.upload_id for u in mine},
+            unrecorded=intents,
             older_than_seconds=older_than_seconds,
             log=log or self._log,
             page_size=page_size,
@@ -315,6 +374,13 @@ class OpenUploads:
         for u in mine:
             if u.upload_id in aborted or (result.complete and u.upload_id not in result.failed):
                 self.ended(u.upload_id)
+        if result.complete and not result.unrecorded_unsettled:
+            with self._mutex:
+                for intent in intents:
+                    self._pending.pop(intent.token, None)
+                    self._earlier_pending.pop(intent.token, None)
+                    self._append(json.dumps({"ev": "settled", "tok": intent.token}), sync=False)
+                self._fh.flush()
         return result
 
     def close(self) -> None:
@@ -349,11 +415,13 @@ class OpenUploads:
         with open(tmp, "w", encoding="utf-8") as fh:
             for up in self._open.values():
                 fh.write(_started_line(up) + "\n")
+            for intent in self._pending.values():
+                fh.write(_starting_line(intent) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
         _fsync_dir(self.path.parent)
-        self._lines = len(self._open)
+        self._lines = len(self._open) + len(self._pending)
         self._fh = open(self.path, "a", encoding="utf-8")
 
 
@@ -371,25 +439,42 @@ def _lock(path: Path) -> int | None:
     return fd
 
 
-def _started_line(up: LeftOpen) -> str:
+def _started_line(up: LeftOpen, token: str = "") -> str:
+    line = {
+        "ev": "started",
+        "key": up.key,
+        "id": up.upload_id,
+        "at": up.initiated.isoformat(),
+        "bucket": up.bucket,
+    }
+    if token:
+        line["tok"] = token
+    return json.dumps(line, ensure_ascii=False, separators=(",", ":"))
+
+
+def _starting_line(intent: Unrecorded) -> str:
     return json.dumps(
         {
-            "ev": "started",
-            "key": up.key,
-            "id": up.upload_id,
-            "at": up.initiated.isoformat(),
-            "bucket": up.bucket,
+            "ev": "starting",
+            "key": intent.key,
+            "at": intent.at.isoformat(),
+            "bucket": intent.bucket,
+            "tok": intent.token,
         },
         ensure_ascii=False,
         separators=(",", ":"),
     )
 
 
-def _read_record(path: Path, log: logging.Logger) -> dict[str, LeftOpen]:
-    """The uploads a record file lists as started and not ended, in order."""
-    if not path.exists():
-        return {}
+def _read_record(
+    path: Path, log: logging.Logger
+) -> tuple[dict[str, LeftOpen], dict[str, Unrecorded]]:
+    """The uploads a record file lists as started and not ended, in order, and the
+    starts it lists as attempted and neither answered nor settled (by token)."""
     open_: dict[str, LeftOpen] = {}
+    pending: dict[str, Unrecorded] = {}
+    if not path.exists():
+        return open_, pending
     lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -404,15 +489,26 @@ def _read_record(path: Path, log: logging.Logger) -> dict[str, LeftOpen]:
                     bucket=str(d.get("bucket", "")),
                 )
                 open_[up.upload_id] = up
+                pending.pop(str(d.get("tok", "")), None)
             elif d["ev"] == "ended":
                 open_.pop(str(d["id"]), None)
+            elif d["ev"] == "starting":
+                intent = Unrecorded(
+                    key=str(d["key"]),
+                    at=_utc(datetime.fromisoformat(d["at"])),
+                    bucket=str(d.get("bucket", "")),
+                    token=str(d["tok"]),
+                )
+                pending[intent.token] = intent
+            elif d["ev"] == "settled":
+                pending.pop(str(d["tok"]), None)
             else:
                 raise ValueError(d["ev"])
         except (ValueError, KeyError, TypeError):
             # A crash mid-append leaves at most a torn last line.
             where = "last line" if n >= len(lines) - 1 else f"line {n}"
             log.warning(f"Ignoring an unreadable {where} of {path}")
-    return open_
+    return open_, pending
 
 
 # -- the sweep ---------------------------------------------------------------------------
@@ -426,6 +522,7 @@ def abort_stale_uploads(
     own_left_open: Collection[str],
     older_than_seconds: float | None,
     log: logging.Logger,
+    unrecorded: Collection[Unrecorded] = (),
     page_size: int = PAGE_SIZE,
 ) -> SweepResult:
     """Aborts the open multipart uploads under ``prefix`` that nobody will finish.
@@ -434,8 +531,10 @@ def abort_stale_uploads(
     ``prefix`` and aborts exactly
 
     (a) the uploads whose id is in ``own_left_open`` (an earlier run of ours
-        started them and never ended them), and
-    (b) if ``older_than_seconds`` is given, uploads initiated longer ago than
+        started them and never ended them),
+    (b) the uploads an ``unrecorded`` start may have made: of its key, initiated
+        within :data:`CREATE_CALL_SECONDS` after it, and without a part, and
+    (c) if ``older_than_seconds`` is given, uploads initiated longer ago than
         that on the server's clock *and* with no part received for as long
         (ListParts; an upload whose parts cannot be listed is left alone):
         uploads of members that died and did not come back.
@@ -450,14 +549,31 @@ def abort_stale_uploads(
     own = set(own_left_open)
     result = SweepResult()
     listed, server_now, complete = _list_uploads(client, bucket, prefix, log, page_size)
+    # Intents carry our clock; initiation times are the server's, in whole seconds.
+    skew = server_now - datetime.now(UTC)
+    margin = timedelta(seconds=CLOCK_TOLERANCE_SECONDS + 1)
+    windows: dict[str, list[tuple[datetime, datetime]]] = {}
+    for intent in unrecorded:
+        start = intent.at + skew - margin
+        end = intent.at + skew + timedelta(seconds=CREATE_CALL_SECONDS) + margin
+        windows.setdefault(intent.key, []).append((start, end))
     result.complete = complete
     for key, upload_id, initiated in listed:
         result.seen.add(upload_id)
+        why = None
         if upload_id in own:
             why = "left open by an earlier run of this group's member"
-        elif older_than_seconds is None or initiated is None or not key.startswith(prefix):
-            continue
-        else:
+        elif initiated is not None and any(a <= initiated <= b for a, b in windows.get(key, ())):
+            known, last = _last_part_time(client, bucket, key, upload_id, log)
+            if not known:
+                result.unrecorded_unsettled = True
+            elif last is None:
+                why = (
+                    "started by an earlier run of this group's member that died before recording it"
+                )
+        if why is None:
+            if older_than_seconds is None or initiated is None or not key.startswith(prefix):
+                continue
             age = (server_now - initiated).total_seconds()
             if age <= older_than_seconds:
                 continue
@@ -477,6 +593,8 @@ def abort_stale_uploads(
             if _code(err) == "NoSuchUpload":
                 continue  # finished or aborted meanwhile
             result.failed.add(upload_id)
+            if upload_id not in own:
+                result.unrecorded_unsettled = True
             log.warning(
                 f"Could not abort the multipart upload {upload_id} of {bucket}/{key}: "
                 f"{describe_client_error(err)}"

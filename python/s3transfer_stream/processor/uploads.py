@@ -308,6 +308,16 @@ class Uploader(RecordsOutcomes):
             self.health.ok()
             return result
 
+    def _start_multipart(self, fu: FileUpload) -> str:
+        """One CreateMultipartUpload attempt, recorded before (the intent: the answer
+        may never be recorded) and after (the upload id), both before any part."""
+        record = self.open_uploads
+        token = record.starting(fu.key, bucket=self.o.bucket) if record is not None else ""
+        upload_id = self.store.start_multipart(fu.key, position=self._position(fu))
+        if record is not None:
+            record.started(fu.key, upload_id, bucket=self.o.bucket, token=token)
+        return upload_id
+
     def _upload_part(
         self, fu: FileUpload, number: int, data: Any, crc: int, cost: int
     ) -> CompletedPartTypeDef | None:
@@ -318,10 +328,9 @@ class Uploader(RecordsOutcomes):
                         fu.upload_started = datetime.now(UTC)
                         fu.upload_id = self._retry(
                             f"starting the multipart upload of {fu.key}",
-                            lambda: self.store.start_multipart(fu.key, position=self._position(fu)),
+                            lambda: self._start_multipart(fu),
                         )
-                        if self.open_uploads is not None:
-                            self.open_uploads.started(fu.key, fu.upload_id, bucket=self.o.bucket)
+                        self.log.debug(f"Started the multipart upload {fu.upload_id} of {fu.key}")
                     except ShuttingDown:
                         raise
                     except Exception as err:
@@ -500,6 +509,9 @@ class Uploader(RecordsOutcomes):
                 f"Aborting the multipart upload {u['UploadId']} of {key} left by another member "
                 "(this one transferred the file)"
             )
+            if self.open_uploads is not None:
+                # Nobody else records it: a crash mid-abort leaves it to our next start.
+                self.open_uploads.started(key, u["UploadId"], u["Initiated"], bucket=self.o.bucket)
             self._abort_now(key, u["UploadId"])
 
     def _discard(self, fu: FileUpload) -> None:
