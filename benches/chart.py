@@ -33,8 +33,15 @@ PNG_NAME = "workloads.png"
 
 
 def latest_results(results_dir: Path) -> dict[str, dict[str, Any]]:
-    """The newest result (by its ``finished`` time) of each named workload."""
+    """The newest result (by its ``finished`` time) of each named workload, among
+    those that measured all four programs if there is one (a run with
+    ``--skip_theirs`` or ``--only`` does not hide the comparison)."""
     best: dict[str, dict[str, Any]] = {}
+
+    def rank(data: dict[str, Any]) -> tuple[bool, str]:
+        summary = data.get("summary") or {}
+        return all(summary.get(p) for p in PROGRAMS), str(data.get("finished", ""))
+
     for path in sorted(results_dir.glob("e2e-*.json")):
         try:
             data = json.loads(path.read_text())
@@ -43,7 +50,7 @@ def latest_results(results_dir: Path) -> dict[str, dict[str, Any]]:
         w = data.get("workload")
         if w not in WORKLOADS or not data.get("summary"):
             continue
-        if w not in best or data.get("finished", "") > best[w].get("finished", ""):
+        if w not in best or rank(data) > rank(best[w]):
             best[w] = {**data, "_path": path.name}
     return best
 
