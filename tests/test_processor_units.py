@@ -443,6 +443,44 @@ def test_a_dropped_file_is_aborted_only_after_its_parts_on_the_wire_end(parts: A
     assert ledger.pinned_offsets() == {}
 
 
+def test_a_record_of_open_uploads_that_cannot_be_written_fails_the_file_not_s3(
+    parts: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The record is written inside the attempt that S3 failures are retried around;
+    a full disk there must not be taken for S3 being down (retried for ever, a new
+    upload each time, S3 marked unreachable): the file fails once, naming the record."""
+    from s3transfer_stream.stale_uploads import OpenUploads
+
+    store, ledger, up, journal = parts
+    started: list[str] = []
+
+    def start_multipart(key: str, **_: Any) -> str:
+        started.append(key)
+        return f"U{len(started)}"
+
+    store.start_multipart = start_multipart
+    store.upload_part = lambda *a, **k: {"ETag": "e", "PartNumber": 1}
+    record = OpenUploads(tmp_path / "open_uploads.0.jsonl")
+    up.open_uploads = record
+
+    def full(*_: Any, **__: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    record._append = full  # type: ignore[method-assign]
+    data = bytes(range(256)) * (32 << 10)  # 8 MiB: multipart
+    msgs = chunks("big.bin", data, 1 << 20)
+    ledger.assigned(0, 0, None)
+    events, _, _ = ledger.feed([(0, i, m) for i, m in enumerate(msgs)])
+    with caplog.at_level(logging.WARNING):
+        up.handle(events)
+        wait_until(lambda: ledger.pinned_offsets() == {})
+    assert started == []  # the intent could not be recorded: no upload was started
+    assert up.health.reachable
+    assert [e.outcome for e in TransferJournal(journal.path.parent, "t", "g").entries] == ["failed"]
+    assert f"could not write the record of open uploads {record.path}" in caplog.text
+    record.close()
+
+
 def test_an_abort_that_fails_is_logged_and_the_file_still_recorded_as_failed(
     parts: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -20,13 +20,15 @@ apart each would have to reach into the others.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from botocore.exceptions import ClientError
@@ -65,6 +67,19 @@ MIN_BACKLOG_COST = 64 << 10
 
 #: How long an abort waits for the file's parts already on the wire to end.
 PARTS_ON_THE_WIRE_WAIT = 120.0
+
+
+class RecordWriteError(Exception):
+    """The local record of open uploads could not be written: not a failure of S3,
+    so never retried (nor counted against S3's health) as one."""
+
+
+@contextlib.contextmanager
+def _local_io(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as err:
+        raise RecordWriteError(f"could not write the record of open uploads {path}: {err}") from err
 
 
 class Uploader(RecordsOutcomes):
@@ -312,10 +327,14 @@ class Uploader(RecordsOutcomes):
         """One CreateMultipartUpload attempt, recorded before (the intent: the answer
         may never be recorded) and after (the upload id), both before any part."""
         record = self.open_uploads
-        token = record.starting(fu.key, bucket=self.o.bucket) if record is not None else ""
+        token = ""
+        if record is not None:
+            with _local_io(record.path):
+                token = record.starting(fu.key, bucket=self.o.bucket)
         upload_id = self.store.start_multipart(fu.key, position=self._position(fu))
         if record is not None:
-            record.started(fu.key, upload_id, bucket=self.o.bucket, token=token)
+            with _local_io(record.path):
+                record.started(fu.key, upload_id, bucket=self.o.bucket, token=token)
         return upload_id
 
     def _upload_part(
@@ -511,7 +530,15 @@ class Uploader(RecordsOutcomes):
             )
             if self.open_uploads is not None:
                 # Nobody else records it: a crash mid-abort leaves it to our next start.
-                self.open_uploads.started(key, u["UploadId"], u["Initiated"], bucket=self.o.bucket)
+                try:
+                    self.open_uploads.started(
+                        key, u["UploadId"], u["Initiated"], bucket=self.o.bucket
+                    )
+                except OSError as err:  # the file is transferred: this must not fail it
+                    self.log.warning(
+                        f"Could not record the upload {u['UploadId']} of {key} before aborting "
+                        f"it ({err}); if this run dies now, the age sweep cleans it up"
+                    )
             self._abort_now(key, u["UploadId"])
 
     def _discard(self, fu: FileUpload) -> None:
