@@ -4,8 +4,10 @@ reassembled, validated file in an S3 bucket under ``<topic>/<subdir>/<file>``.""
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
+import signal
 import sys
 import threading
 import uuid
@@ -258,6 +260,10 @@ def main(argv: list[str] | None = None, *, stdin: TextIO | None = None) -> int:
         return fail(None, f"{PROGRAM}: {err}", EXIT_USAGE)
     options.output_dir.mkdir(parents=True, exist_ok=True)
     log = setup_program_logging(PROGRAM, args, options.output_dir / "LOGS")
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGUSR1"):
+        # `kill -USR1 <pid>` prints every thread's stack to stderr: what a stuck
+        # process (a shutdown that does not end) is waiting for.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     if args.mode != "memory":
         log.info(
             f"--mode {args.mode}: files stream to S3 in bounded memory; nothing is written to disk"
