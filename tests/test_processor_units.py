@@ -443,6 +443,15 @@ def test_a_dropped_file_is_aborted_only_after_its_parts_on_the_wire_end(parts: A
     assert ledger.pinned_offsets() == {}
 
 
+def settle_multipart_file(ledger: Ledger, up: Uploader) -> None:
+    """Hands the uploader a whole 8 MiB file (multipart) and waits until it is settled."""
+    msgs = chunks("big.bin", bytes(range(256)) * (32 << 10), 1 << 20)
+    ledger.assigned(0, 0, None)
+    events, _, _ = ledger.feed([(0, i, m) for i, m in enumerate(msgs)])
+    up.handle(events)
+    wait_until(lambda: ledger.pinned_offsets() == {})
+
+
 def test_a_record_of_open_uploads_that_cannot_be_written_fails_the_file_not_s3(
     parts: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -467,13 +476,8 @@ def test_a_record_of_open_uploads_that_cannot_be_written_fails_the_file_not_s3(
         raise OSError(28, "No space left on device")
 
     record._append = full  # type: ignore[method-assign]
-    data = bytes(range(256)) * (32 << 10)  # 8 MiB: multipart
-    msgs = chunks("big.bin", data, 1 << 20)
-    ledger.assigned(0, 0, None)
-    events, _, _ = ledger.feed([(0, i, m) for i, m in enumerate(msgs)])
     with caplog.at_level(logging.WARNING):
-        up.handle(events)
-        wait_until(lambda: ledger.pinned_offsets() == {})
+        settle_multipart_file(ledger, up)
     assert started == []  # the intent could not be recorded: no upload was started
     assert up.health.reachable
     assert [e.outcome for e in TransferJournal(journal.path.parent, "t", "g").entries] == ["failed"]
@@ -497,13 +501,8 @@ def test_an_abort_that_fails_is_logged_and_the_file_still_recorded_as_failed(
     store.start_multipart = lambda key, **_: "U1"
     store.upload_part = upload_part
     store.abort_multipart = abort_multipart
-    data = bytes(range(256)) * (32 << 10)  # 8 MiB
-    msgs = chunks("big.bin", data, 1 << 20)
-    ledger.assigned(0, 0, None)
-    events, _, _ = ledger.feed([(0, i, m) for i, m in enumerate(msgs)])
     with caplog.at_level(logging.WARNING):
-        up.handle(events)
-        wait_until(lambda: ledger.pinned_offsets() == {})
+        settle_multipart_file(ledger, up)
     assert "Could not abort the multipart upload U1 of t/big.bin" in caplog.text
     assert [e.outcome for e in TransferJournal(journal.path.parent, "t", "g").entries] == ["failed"]
 
