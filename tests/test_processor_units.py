@@ -241,6 +241,63 @@ def test_a_failed_commit_is_sent_again_and_only_a_confirmed_one_counts(tmp_path:
     assert len(c.commits) == 2  # confirmed: nothing more to send
 
 
+class BusyUploader:
+    """An uploader whose one file, in partition 0, is uploading until ``done`` is set."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.revoked_partitions: set[int] = set()
+
+    def uploads(self) -> list[Any]:
+        if self.done.is_set():
+            return []
+        return [type("Upload", (), {"state": "uploading", "offsets": [(0, 5)]})()]
+
+    def revoked(self, dropped: list[Any], partitions: set[int]) -> None:
+        self.revoked_partitions |= partitions
+
+
+def test_a_revocation_waits_for_uploads_in_flight_but_not_again_when_stopping(
+    tmp_path: Path,
+) -> None:
+    """A rebalance lets a file in flight finish (up to the grace) so that we commit it;
+    at shutdown ``_finish`` has already given it the whole grace, so the revocation
+    that ``consumer.close()`` sends commits at once instead of waiting once more."""
+    options = ProcessorOptions(
+        bucket="b", topic="t", group_id="g", output_dir=tmp_path, shutdown_grace=3.0
+    )
+    for stopping in (False, True):
+        ledger = Ledger(5 << 20, 64 << 20)
+        uploader = BusyUploader()
+        loop = ConsumerLoop(
+            0,
+            options=options,
+            settings={},
+            incremental=False,
+            ledger=ledger,
+            uploader=uploader,  # type: ignore[arg-type]
+            stats=Stats(),
+            log=LOG,
+            stop=threading.Event(),
+        )
+        loop.owned = {0}
+        loop.shutting_down = stopping
+        ledger.assigned(0, 0, None)
+        ledger.feed([(0, 0, b"junk"), (0, 1, b"junk")])
+        c = FakeConsumer()
+        threading.Timer(1.0, uploader.done.set).start()
+        t0 = time.monotonic()
+        loop._on_revoke(c, [TopicPartition("t", 0)])
+        took = time.monotonic() - t0
+        if stopping:
+            assert took < 0.5, took
+        else:
+            assert 0.9 < took < 2.5, took
+        assert [(tp.partition, tp.offset) for tp in c.commits[-1]] == [(0, 2)]
+        assert uploader.revoked_partitions == {0} and loop.owned == set()
+        uploader.done.wait()
+
+
 def test_consumer_protocol_drops_the_settings_the_broker_owns() -> None:
     settings, incremental = consumer_settings(
         {"group.protocol": "consumer", "session.timeout.ms": "6000"}, LOG, warn=False

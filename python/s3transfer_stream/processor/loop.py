@@ -505,10 +505,12 @@ class ConsumerLoop:
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         revoked = {tp.partition for tp in partitions if tp.topic == self.o.topic} & self.owned
         if revoked:
-            # Files finishing now can still be committed by us.
-            deadline = time.monotonic() + min(self.o.shutdown_grace, 30.0)
-            while time.monotonic() < deadline and self._busy_in(revoked):
-                time.sleep(0.05)
+            # Files finishing now can still be committed by us; when stopping,
+            # _finish has already given them the whole grace.
+            if not self.shutting_down:
+                deadline = time.monotonic() + min(self.o.shutdown_grace, 30.0)
+                while time.monotonic() < deadline and self._busy_in(revoked):
+                    time.sleep(0.05)
             self.commit(consumer, revoked, sync=True)
         self._release(revoked)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,10 @@ from .loop import ConsumerLoop, consumer_settings
 from .options import ProcessorOptions, Stats
 from .stalls import StallMonitor
 from .uploads import Uploader
+
+#: Seconds past ``--shutdown_grace_seconds`` that the consumer threads get, all
+#: together, for their last commits (``FINAL_COMMIT_TIMEOUT``) and leaving the group.
+SHUTDOWN_MARGIN = 60.0
 
 if TYPE_CHECKING:
     from ..crypto import CryptoNode
@@ -233,9 +238,12 @@ class S3TransferStreamProcessor:
         """Stops reading; lets uploads in flight finish and be committed within the
         grace period; gives up the rest without committing past it; writes the registry."""
         self.stop.set()
+        # One deadline for the whole stop, not a timeout per step: each consumer
+        # spends the grace on its uploads, then commits and leaves the group.
+        end = time.monotonic() + self.options.shutdown_grace + SHUTDOWN_MARGIN
         for t in self._threads:
-            t.join(self.options.shutdown_grace + 60)
-        self.uploader.stop(grace=0)
+            t.join(max(0.0, end - time.monotonic()))
+        self.uploader.stop(grace=0, join_seconds=min(15.0, max(1.0, end - time.monotonic())))
         if self.crypto is not None:
             # Only now: a consumer thread may still be decrypting until it is joined.
             self.crypto.close()

@@ -668,9 +668,11 @@ class Uploader(RecordsOutcomes):
 
     # -- shutdown ---------------------------------------------------------------------
 
-    def stop(self, grace: float) -> None:
+    def stop(self, grace: float, join_seconds: float = 15.0) -> None:
         """Lets uploads in flight finish for up to ``grace`` seconds, then gives
-        up the rest (unsettled: their offsets stay uncommitted)."""
+        up the rest (unsettled: their offsets stay uncommitted). S3 calls still on
+        the wire are waited for up to ``join_seconds`` more; the CLI leaves the
+        ones that outlast that."""
         deadline = time.monotonic() + grace
         while self.busy() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -678,8 +680,7 @@ class Uploader(RecordsOutcomes):
         self._part_pool.shutdown(wait=False, cancel_futures=True)
         self._finish_pool.shutdown(wait=False, cancel_futures=True)
         self._abort_pool.shutdown(wait=False, cancel_futures=True)
-        # Calls already on the wire end within botocore's timeouts.
-        end = time.monotonic() + 15
+        end = time.monotonic() + max(0.0, join_seconds)
         for t in threading.enumerate():
             if t.name.startswith(("s3-part", "s3-finish")):
                 t.join(max(0.0, end - time.monotonic()))
