@@ -71,6 +71,7 @@ SWEEP: list[tuple[str, list[str], dict[str, str], dict[str, str]]] = [
     ("--max_parts_in_flight 4", ["--max_parts_in_flight", "4"], {}, {}),
     ("MALLOC_ARENA_MAX=2", [], {}, {"MALLOC_ARENA_MAX": "2"}),
     ("mallopt(M_MMAP_THRESHOLD, 256 KiB)", [], {}, {"BENCH_MMAP_THRESHOLD": str(256 << 10)}),
+    ("mallopt(M_MMAP_THRESHOLD, 4 MiB)", [], {}, {"BENCH_MMAP_THRESHOLD": str(4 << 20)}),
     (
         "proposal A: backoff 10 ms + queued 16 MiB + batch_size 16 + 4 parts in flight",
         ["--max_parts_in_flight", "4"],

@@ -41,7 +41,47 @@ use crate::sha512x8;
 use crate::wire::{self, Chunk};
 
 /// A sealed part (or whole small file). Shared with whoever uploads it.
-pub type Buffer = Arc<Vec<u8>>;
+pub type Buffer = Arc<PartBytes>;
+
+/// The bytes of a sealed part. A full-size part buffer goes back to its budget's
+/// spares when the last holder (the uploader, a Python memoryview) lets go.
+pub struct PartBytes {
+    bytes: Vec<u8>,
+    home: Option<Arc<MemoryBudget>>,
+}
+
+impl PartBytes {
+    fn sealed(bytes: Vec<u8>, home: &Arc<MemoryBudget>) -> Self {
+        Self { bytes, home: Some(Arc::clone(home)) }
+    }
+}
+
+impl From<Vec<u8>> for PartBytes {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self { bytes, home: None }
+    }
+}
+
+impl std::ops::Deref for PartBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl std::fmt::Debug for PartBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PartBytes({} bytes)", self.bytes.len())
+    }
+}
+
+impl Drop for PartBytes {
+    fn drop(&mut self) {
+        if let Some(home) = &self.home {
+            home.give_back(std::mem::take(&mut self.bytes));
+        }
+    }
+}
 
 /// S3 allows at most this many parts per multipart upload.
 pub const MAX_PARTS: u64 = 10_000;
@@ -54,6 +94,12 @@ const MIN_GROWTH: u64 = 64 << 10;
 /// Bytes charged per out-of-order piece and per recorded offset range, for the
 /// bookkeeping that tracks them.
 const PIECE_OVERHEAD: u64 = 64;
+/// Full-size part buffers kept for reuse. Without them every 8 MiB part was
+/// freed to glibc, whose dynamic mmap threshold then rose past it, so later
+/// parts came from per-thread arenas that rarely shrink: peak RSS on one 1 GiB
+/// file varied from 159 to 234 MiB between identical runs (BENCHMARKS.md). Reused
+/// buffers also skip the page faults a fresh mapping costs.
+const SPARE_PARTS: usize = 8;
 
 /// The bytes all unfinished files may hold for reassembly (part buffers,
 /// out-of-order pieces, their bookkeeping). Going over it is back-pressure:
@@ -62,11 +108,42 @@ const PIECE_OVERHEAD: u64 = 64;
 pub struct MemoryBudget {
     used: AtomicU64,
     limit: u64,
+    /// The size of a full part (the assembler's part size); 0: no spares kept.
+    spare_size: usize,
+    spares: Mutex<Vec<Vec<u8>>>,
 }
 
 impl MemoryBudget {
     pub fn new(limit: u64) -> Self {
-        Self { used: AtomicU64::new(0), limit }
+        Self::with_spares(limit, 0)
+    }
+
+    fn with_spares(limit: u64, spare_size: u64) -> Self {
+        let spare_size =
+            if spare_size >= MIN_PART_SIZE { usize::try_from(spare_size).unwrap_or(0) } else { 0 };
+        Self { used: AtomicU64::new(0), limit, spare_size, spares: Mutex::new(Vec::new()) }
+    }
+
+    /// An empty buffer of one full part's capacity: a spare if there is one.
+    fn full_part(&self) -> Vec<u8> {
+        let spare = lock(&self.spares).pop();
+        spare.unwrap_or_else(|| Vec::with_capacity(self.spare_size))
+    }
+
+    fn give_back(&self, mut bytes: Vec<u8>) {
+        if self.spare_size == 0 || bytes.capacity() != self.spare_size {
+            return;
+        }
+        let mut spares = lock(&self.spares);
+        if spares.len() < SPARE_PARTS {
+            bytes.clear();
+            spares.push(bytes);
+        }
+    }
+
+    /// Full-size part buffers kept for reuse now.
+    pub fn spares(&self) -> usize {
+        lock(&self.spares).len()
     }
 
     fn fits(&self, n: u64) -> bool {
@@ -212,6 +289,7 @@ impl Drop for Slot {
         // A sealed part may live on in the uploader; from there on the uploader's
         // own limit on parts in flight bounds it.
         self.budget.give(self.accounted);
+        self.budget.give_back(std::mem::take(&mut self.buf));
     }
 }
 
@@ -236,8 +314,10 @@ impl Slot {
     }
 
     fn seal(&mut self) -> Buffer {
-        let buf = &mut self.buf;
-        Arc::clone(self.sealed.get_or_insert_with(|| Arc::new(std::mem::take(buf))))
+        let (buf, budget) = (&mut self.buf, &self.budget);
+        Arc::clone(
+            self.sealed.get_or_insert_with(|| Arc::new(PartBytes::sealed(std::mem::take(buf), budget))),
+        )
     }
 
     fn charge(&mut self, n: u64) {
@@ -273,7 +353,13 @@ impl Slot {
     }
 
     /// Stores `data` at `local`; the caller has checked it overlaps nothing.
-    fn write(&mut self, local: usize, data: &[u8], part_len: u64) {
+    /// `full` says the part is expected to fill a whole part buffer, which is
+    /// then taken (and charged) at once instead of grown.
+    fn write(&mut self, local: usize, data: &[u8], part_len: u64, full: bool) {
+        if full && self.buf.capacity() == 0 && part_len as usize == self.budget.spare_size {
+            self.buf = self.budget.full_part();
+            self.charge(part_len);
+        }
         if local == self.buf.len() {
             // One reservation for the chunk and the pieces it joins, charged
             // before any piece is refunded: what `cost` said it would take.
@@ -309,6 +395,9 @@ impl Slot {
 struct FileAssembly {
     info: FileInfo,
     part_size: u64,
+    /// The file size the first chunk's message implies (an upper bound for
+    /// uniform chunks; a claim, not a fact).
+    size_hint: u64,
     chunks: IntervalSet,
     bytes: IntervalSet,
     total: Option<u64>,
@@ -526,7 +615,7 @@ impl Assembler {
     fn build(part_size: u64, max_buffered: u64) -> Self {
         Self {
             part_size,
-            budget: Arc::new(MemoryBudget::new(max_buffered)),
+            budget: Arc::new(MemoryBudget::with_spares(max_buffered, part_size)),
             table: Mutex::new(Table::default()),
             partitions: Mutex::default(),
         }
@@ -1262,6 +1351,7 @@ impl FileAssembly {
         Self {
             info,
             part_size,
+            size_hint: estimate,
             chunks: IntervalSet::new(),
             bytes: IntervalSet::new(),
             total: None,
@@ -1395,9 +1485,13 @@ impl FileAssembly {
     fn write(&mut self, start: u64, data: &[u8]) {
         for (k, local, from, take) in self.pieces(start, data.len() as u64) {
             let part_len = self.part_len(k);
+            // In order and, by what the producer's chunking says, a whole part: a
+            // reused full-size buffer. A crafted size only costs a charge that
+            // matches the buffer taken.
+            let full = local == 0 && (k + 1).saturating_mul(self.part_size) <= self.size_hint;
             let budget = Arc::clone(&self.budget);
             let slot = self.parts.entry(k).or_insert_with(|| Slot::new(budget));
-            slot.write(local, &data[from..from + take], part_len);
+            slot.write(local, &data[from..from + take], part_len, full);
         }
     }
 
@@ -1489,7 +1583,7 @@ impl FileAssembly {
         let single = if total <= self.part_size {
             Some(match self.parts.get_mut(&0) {
                 Some(slot) => slot.seal(),
-                None => Arc::new(Vec::new()),
+                None => Arc::new(PartBytes::from(Vec::new())),
             })
         } else {
             self.release_complete_parts(out);
@@ -1598,6 +1692,81 @@ mod tests {
 
     fn content(len: usize, seed: u8) -> Vec<u8> {
         (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    #[test]
+    fn full_part_buffers_are_reused_and_charged_in_full() {
+        const P: usize = MIN_PART_SIZE as usize;
+        let asm = Assembler::new(P as u64, 64 * P as u64).unwrap();
+        let feed_file = |name: &str, data: &[u8], partition: i32| {
+            let msgs = chunks_of(name, "", data, 512 << 10, 1.0);
+            let mut events = Vec::new();
+            for (i, m) in msgs.iter().enumerate() {
+                asm.add(Position { partition, offset: i as i64 }, &m.bytes, &mut events);
+            }
+            events
+        };
+        let first = content(2 * P + 1000, 3);
+        let events = feed_file("one", &first, 0);
+        let parts: Vec<(u32, Buffer)> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Part { number, data, .. } => Some((*number, Arc::clone(data))),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(parts.iter().map(|(n, _)| *n).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(&parts[0].1[..], &first[..P]);
+        assert_eq!(&parts[1].1[..], &first[P..2 * P]);
+        assert_eq!(&parts[2].1[..], &first[2 * P..]);
+        let reused: Vec<*const u8> = parts[..2].iter().map(|(_, b)| b.as_ptr()).collect();
+        settle_all(&asm, &events);
+        assert_eq!(asm.budget().spares(), 0, "held by the uploader: not spare yet");
+        drop(events);
+        drop(parts);
+        // The two full parts come back; the short last one is freed.
+        assert_eq!(asm.budget().spares(), 2);
+        assert_eq!(asm.budget().used(), 0);
+        let second = content(P, 4);
+        let events = feed_file("two", &second, 1);
+        let single = events.iter().find_map(|e| match e {
+            Event::Complete { single: Some(b), .. } => Some(Arc::clone(b)),
+            _ => None,
+        });
+        let single = single.expect("a file of exactly one part is one PUT");
+        assert_eq!(&single[..], &second[..]);
+        assert!(reused.contains(&single.as_ptr()), "a spare buffer is reused");
+        assert_eq!(asm.budget().spares(), 1);
+        settle_all(&asm, &events);
+        drop(events);
+        drop(single);
+        assert_eq!(asm.budget().spares(), 2);
+        assert_eq!(asm.budget().used(), 0);
+    }
+
+    #[test]
+    fn a_file_that_claims_to_be_big_costs_only_what_it_is_charged() {
+        const P: usize = MIN_PART_SIZE as usize;
+        let asm = Assembler::new(P as u64, 64 * P as u64).unwrap();
+        // Chunk 1 of 40 of 512 KiB, so "20 MiB": the first part takes a full buffer
+        // and the budget is charged for all of it; dropping the file gives it back.
+        let data = content(512 << 10, 5);
+        let m = crafted("liar", 1, 40, 0, &data);
+        let mut events = Vec::new();
+        asm.add(Position { partition: 0, offset: 0 }, &m, &mut events);
+        // The part buffer, plus the bookkeeping of one offset range.
+        assert_eq!(asm.budget().used(), P as u64 + PIECE_OVERHEAD);
+        let instance = events
+            .iter()
+            .find_map(|e| match e {
+                Event::Started(info) => Some(info.instance),
+                _ => None,
+            })
+            .expect("started");
+        assert!(asm.abandon(instance).is_some());
+        asm.settle(instance);
+        assert_eq!(asm.budget().used(), 0);
+        assert_eq!(asm.budget().spares(), 1);
     }
 
     #[test]
@@ -1798,7 +1967,7 @@ mod tests {
         asm.add(Position { partition: 0, offset: 0 }, &one_chunk("a", &h, &h, &data), &mut events);
         let crc = events.iter().find_map(|e| match e {
             Event::Complete { file, crc64nvme, single: Some(b), .. } if file.filename == "a" => {
-                assert_eq!(b.as_slice(), data.as_slice());
+                assert_eq!(&b[..], data.as_slice());
                 Some(*crc64nvme)
             }
             _ => None,

@@ -135,7 +135,7 @@ fn digest64<'a>(field: &'static str, b: &'a [u8]) -> Result<&'a [u8; 64], Error>
 /// (`memoryview(buf)`, `bytes(buf)`, or any API that takes a bytes-like object).
 #[pyclass(frozen, module = "s3transfer_stream._core")]
 pub struct Buffer {
-    data: Arc<Vec<u8>>,
+    data: assembler::Buffer,
 }
 
 #[pymethods]
@@ -190,7 +190,7 @@ impl Buffer {
     }
 }
 
-fn buffer(py: Python<'_>, data: Arc<Vec<u8>>) -> PyResult<Py<Buffer>> {
+fn buffer(py: Python<'_>, data: assembler::Buffer) -> PyResult<Py<Buffer>> {
     Py::new(py, Buffer { data })
 }
 
@@ -871,7 +871,7 @@ impl FileChunker {
             };
             (first..last).map(|i| self.plan.encode_chunk(file, i, names, check)).collect()
         })?;
-        encoded.into_iter().map(|m| buffer(py, Arc::new(m))).collect()
+        encoded.into_iter().map(|m| buffer(py, Arc::new(m.into()))).collect()
     }
 
     /// Closes the file. Later `messages` calls open the path again for each
