@@ -141,6 +141,11 @@ impl MemoryBudget {
         }
     }
 
+    /// Whether a part of `len` bytes fills one spare-size buffer exactly.
+    fn is_full_part(&self, len: u64) -> bool {
+        self.spare_size != 0 && usize::try_from(len) == Ok(self.spare_size)
+    }
+
     /// Full-size part buffers kept for reuse now.
     pub fn spares(&self) -> usize {
         lock(&self.spares).len()
@@ -356,7 +361,7 @@ impl Slot {
     /// `full` says the part is expected to fill a whole part buffer, which is
     /// then taken (and charged) at once instead of grown.
     fn write(&mut self, local: usize, data: &[u8], part_len: u64, full: bool) {
-        if full && self.buf.capacity() == 0 && part_len as usize == self.budget.spare_size {
+        if self.takes_full_buffer(full, part_len) {
             self.buf = self.budget.full_part();
             self.charge(part_len);
         }
@@ -381,10 +386,17 @@ impl Slot {
         self.filled += data.len() as u64;
     }
 
+    /// Whether a write with `full` set starts this part in a full-size buffer.
+    fn takes_full_buffer(&self, full: bool, part_len: u64) -> bool {
+        full && self.buf.capacity() == 0 && self.budget.is_full_part(part_len)
+    }
+
     /// What storing `data` at `local` would add to the budget (at its peak:
     /// pieces joined onto the prefix are refunded only once they are copied).
-    fn cost(&self, local: usize, len: usize, part_len: u64) -> u64 {
-        if local == self.buf.len() {
+    fn cost(&self, local: usize, len: usize, part_len: u64, full: bool) -> u64 {
+        if self.takes_full_buffer(full, part_len) {
+            part_len
+        } else if local == self.buf.len() {
             self.growth(len + self.joined(local, len), part_len)
         } else {
             len as u64 + PIECE_OVERHEAD
@@ -1455,7 +1467,10 @@ impl FileAssembly {
                 .pieces(start, end - start)
                 .iter()
                 .map(|&(k, local, _, take)| match self.parts.get(&k) {
-                    Some(slot) => slot.cost(local, take, self.part_len(k)),
+                    Some(slot) => slot.cost(local, take, self.part_len(k), self.whole_part(k, local)),
+                    None if self.whole_part(k, local) && self.budget.is_full_part(self.part_len(k)) => {
+                        self.part_len(k)
+                    }
                     None if local == 0 => (take as u64).max(MIN_GROWTH.min(self.part_len(k))),
                     None => take as u64 + PIECE_OVERHEAD,
                 })
@@ -1485,14 +1500,19 @@ impl FileAssembly {
     fn write(&mut self, start: u64, data: &[u8]) {
         for (k, local, from, take) in self.pieces(start, data.len() as u64) {
             let part_len = self.part_len(k);
-            // In order and, by what the producer's chunking says, a whole part: a
-            // reused full-size buffer. A crafted size only costs a charge that
-            // matches the buffer taken.
-            let full = local == 0 && (k + 1).saturating_mul(self.part_size) <= self.size_hint;
+            let full = self.whole_part(k, local);
             let budget = Arc::clone(&self.budget);
             let slot = self.parts.entry(k).or_insert_with(|| Slot::new(budget));
             slot.write(local, &data[from..from + take], part_len, full);
         }
+    }
+
+    /// Whether bytes at `local` of part `k` start a part that, by what the
+    /// producer's chunking says, fills a whole part buffer: it then takes a
+    /// reused full-size buffer. A crafted size only costs a charge that matches
+    /// the buffer taken.
+    fn whole_part(&self, k: u64, local: usize) -> bool {
+        local == 0 && (k + 1).saturating_mul(self.part_size) <= self.size_hint
     }
 
     fn advance_hash(&mut self) {
@@ -1767,6 +1787,25 @@ mod tests {
         asm.settle(instance);
         assert_eq!(asm.budget().used(), 0);
         assert_eq!(asm.budget().spares(), 1);
+    }
+
+    #[test]
+    fn an_out_of_order_chunk_that_opens_a_whole_part_is_costed_as_one() {
+        // The check before an out-of-order write must see the full-size buffer the
+        // write will take, or each such chunk overshoots the limit by a part.
+        const P: usize = MIN_PART_SIZE as usize;
+        let limit = 2 * P as u64 + P as u64 / 2;
+        let asm = Assembler::with_limits(P as u64, limit);
+        let data = content(4 * P, 6);
+        let msgs = chunks_of("w.bin", "", &data, 512 << 10, 1.0);
+        let per_part = P / (512 << 10);
+        let mut events = Vec::new();
+        let mut add =
+            |offset: i64, k: usize| asm.add(Position { partition: 0, offset }, &msgs[k].bytes, &mut events);
+        assert_eq!(add(0, per_part), Disposition::Stored);
+        assert_eq!(add(1, 2 * per_part), Disposition::Stored);
+        assert_eq!(add(2, 3 * per_part), Disposition::Deferred);
+        assert!(asm.budget().used() <= limit, "{} > {limit}", asm.budget().used());
     }
 
     #[test]
